@@ -1,0 +1,281 @@
+"""The optimizer protocol: an optimizer is a pytree whose leaves are its hyperparameters.
+
+Every jgd optimizer is an ``optax.GradientTransformationExtraArgs`` whose ``init`` and
+``update`` are ``jax.tree_util.Partial``s over a :class:`Hyperparams` node. Numeric
+hyperparameters are pytree leaves, so a jitted step that takes the optimizer as an
+argument compiles once for every value, and ``jax.vmap`` over a learning rate works.
+Everything else (rule names, flags, plain functions, optax closures) is static
+aux data, compared by equality.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import numbers
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+__all__ = [
+    "Hyperparams",
+    "Static",
+    "transformation",
+    "as_hyperparameter",
+    "check_scalar",
+    "check_learning_rate",
+    "learning_rate_at",
+    "scalar_dtype",
+    "moment_dtype",
+    "moments_like",
+    "map_leaves",
+    "global_norm",
+    "CountState",
+]
+
+
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class Static:
+    """A hyperparameter that is part of the compiled program rather than a leaf."""
+
+    value: Any
+
+
+_NUMERIC = (jax.Array, np.ndarray, np.generic, numbers.Number)
+
+
+def _is_numeric_leaf(x) -> bool:
+    return isinstance(x, _NUMERIC) and not isinstance(x, (bool, np.bool_))
+
+
+def as_hyperparameter(value):
+    """Numbers, arrays and pytrees of numbers stay leaves; anything else becomes static."""
+    if _is_numeric_leaf(value):
+        return value
+    if value is None or isinstance(value, (str, bool, np.bool_, np.dtype, type)):
+        return Static(value)
+    if isinstance(value, (tuple, list)) and not hasattr(value, "_fields"):
+        return type(value)(as_hyperparameter(v) for v in value)
+    leaves = jax.tree.leaves(value)
+    if leaves == [value] or not all(_is_numeric_leaf(x) for x in leaves):
+        return Static(value)
+    return value
+
+
+def unwrap(value):
+    if isinstance(value, Static):
+        return value.value
+    if isinstance(value, (tuple, list)) and not hasattr(value, "_fields"):
+        return type(value)(unwrap(v) for v in value)
+    return value
+
+
+@jax.tree_util.register_pytree_with_keys_class
+class Hyperparams:
+    """Named hyperparameters: numeric ones are children, static ones aux data."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, **values):
+        object.__setattr__(self, "_values", values)
+
+    def __getattr__(self, name):
+        try:
+            return unwrap(object.__getattribute__(self, "_values")[name])
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name, value):
+        raise AttributeError("Hyperparams are immutable")
+
+    def items(self):
+        return {k: unwrap(v) for k, v in self._values.items()}.items()
+
+    def __repr__(self):
+        inner = ", ".join(f"{k}={v!r}" for k, v in self.items())
+        return f"Hyperparams({inner})"
+
+    def tree_flatten_with_keys(self):
+        keys = tuple(sorted(self._values))
+        return [(jax.tree_util.GetAttrKey(k), self._values[k]) for k in keys], keys
+
+    def tree_flatten(self):
+        keys = tuple(sorted(self._values))
+        return [self._values[k] for k in keys], keys
+
+    @classmethod
+    def tree_unflatten(cls, keys, children):
+        return cls(**dict(zip(keys, children)))
+
+
+def transformation(
+    init_fn: Callable, update_fn: Callable, **hyperparams
+) -> optax.GradientTransformationExtraArgs:
+    """Builds an optimizer from ``init_fn(hp, params)`` and ``update_fn(hp, updates, state,
+    params=None, **extra)``. Both functions must be module-level (their identity is part of
+    the jit cache key)."""
+    hp = Hyperparams(**{k: as_hyperparameter(v) for k, v in hyperparams.items()})
+    return optax.GradientTransformationExtraArgs(
+        jax.tree_util.Partial(init_fn, hp), jax.tree_util.Partial(update_fn, hp)
+    )
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _concrete(value):
+    """The value as a numpy array when it is known now, else None (traced, or a schedule)."""
+    if isinstance(value, jax.core.Tracer) or callable(value):
+        return None
+    try:
+        return np.asarray(value)
+    except Exception:  # noqa: BLE001 - anything not array-like is rejected by the caller
+        return None
+
+
+def check_scalar(
+    name: str,
+    value,
+    *,
+    lower: float | None = None,
+    upper: float | None = None,
+    lower_open: bool = False,
+    upper_open: bool = False,
+):
+    """Raises ValueError/TypeError naming ``name`` and ``value`` when a concrete value is
+    out of range or not finite. Traced values and schedules are never checked."""
+    if isinstance(value, jax.core.Tracer) or callable(value):
+        return value
+    if isinstance(value, (str, bytes)) or value is None:
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    array = _concrete(value)
+    if array is None or not (
+        np.issubdtype(array.dtype, np.number) or array.dtype == jnp.bfloat16
+    ):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if np.issubdtype(array.dtype, np.complexfloating):
+        raise TypeError(f"{name} must be real, got {value!r}")
+    array = array.astype(np.float64)
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    bad = np.zeros(array.shape, bool)
+    if lower is not None:
+        bad |= array <= lower if lower_open else array < lower
+    if upper is not None:
+        bad |= array >= upper if upper_open else array > upper
+    if np.any(bad):
+        lo = "" if lower is None else ("(" if lower_open else "[") + f"{lower:g}"
+        hi = "" if upper is None else f"{upper:g}" + (")" if upper_open else "]")
+        where = f"in {lo}, {hi}" if lower is not None and upper is not None else (
+            f">{'' if lower_open else '='} {lower:g}" if lower is not None
+            else f"<{'' if upper_open else '='} {upper:g}")
+        raise ValueError(f"{name} must be {where}, got {value!r}")
+    return value
+
+
+def check_learning_rate(learning_rate, name: str = "learning_rate"):
+    """A learning rate is a finite number >= 0 or a schedule ``count -> scalar``."""
+    if callable(learning_rate) and not _is_numeric_leaf(learning_rate):
+        return learning_rate
+    return check_scalar(name, learning_rate, lower=0.0)
+
+
+def check_decay(name: str, value):
+    return check_scalar(name, value, lower=0.0, upper=1.0, upper_open=True)
+
+
+def check_state_dtype(state_dtype):
+    if state_dtype is None:
+        return None
+    try:
+        dtype = jnp.dtype(state_dtype)
+    except TypeError:
+        raise TypeError(f"state_dtype must be a floating dtype, got {state_dtype!r}") from None
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"state_dtype must be a floating dtype, got {state_dtype!r}")
+    return dtype
+
+
+# --------------------------------------------------------------------------- numerics
+
+
+def scalar_dtype():
+    """The dtype scalar coefficients are computed in before being cast to each leaf."""
+    return jnp.dtype(jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32)
+
+
+def as_scalar(value):
+    return jnp.asarray(value, scalar_dtype())
+
+
+def learning_rate_at(learning_rate, count):
+    """The learning rate for the update after ``count`` previous updates (optax's
+    convention: a schedule sees 0 on the first step)."""
+    if callable(learning_rate) and not _is_numeric_leaf(learning_rate):
+        return as_scalar(learning_rate(count))
+    return as_scalar(learning_rate)
+
+
+def wider(a, b):
+    """The wider of two floating dtypes (explicit, so strict promotion never objects)."""
+    a, b = jnp.dtype(a), jnp.dtype(b)
+    if not jnp.issubdtype(a, jnp.inexact):
+        return b
+    return b if b.itemsize > a.itemsize else a
+
+
+def moment_dtype(param_dtype, state_dtype=None):
+    """State follows the params' dtype; ``state_dtype`` may only raise it."""
+    if state_dtype is None:
+        return jnp.dtype(param_dtype)
+    return wider(param_dtype, state_dtype)
+
+
+def moments_like(params, state_dtype=None, fill=0.0):
+    return jax.tree.map(
+        lambda p: jnp.full(jnp.shape(p), fill, moment_dtype(jnp.result_type(p), state_dtype)),
+        params,
+    )
+
+
+def map_leaves(fn: Callable, num_outputs: int, tree, *rest):
+    """``jax.tree.map`` for a function returning ``num_outputs`` leaves: one tree each."""
+    outer = jax.tree.structure(tree)
+    if outer.num_leaves == 0:
+        return tuple(tree for _ in range(num_outputs))
+    out = jax.tree.map(fn, tree, *rest)
+    return jax.tree.transpose(outer, jax.tree.structure((0,) * num_outputs), out)
+
+
+def global_norm(tree):
+    """The Euclidean norm of all leaves together, accumulated in at least float32."""
+    leaves = jax.tree.leaves(tree)
+    dtype = functools.reduce(wider, [jnp.result_type(x) for x in leaves], scalar_dtype())
+    total = sum(
+        (jnp.sum(jnp.square(jnp.asarray(x).astype(dtype))) for x in leaves),
+        jnp.zeros((), dtype),
+    )
+    return jnp.sqrt(total)
+
+
+def increment(count):
+    return optax.safe_increment(count)
+
+
+class CountState(NamedTuple):
+    """State of a rule that only needs the step count (for schedules)."""
+
+    count: jax.Array
+
+
+def zero_count():
+    return jnp.zeros([], jnp.int32)
+
+
+def is_floating(x) -> bool:
+    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+

@@ -1,0 +1,137 @@
+"""Gradient descent and its momentum variants: ``sgd``, ``momentum``, ``nesterov``."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jgd._transform import (
+    CountState,
+    check_decay,
+    check_learning_rate,
+    check_state_dtype,
+    increment,
+    learning_rate_at,
+    map_leaves,
+    moments_like,
+    transformation,
+    zero_count,
+)
+
+__all__ = ["sgd", "momentum", "nesterov", "MomentumState"]
+
+
+def sgd(learning_rate) -> optax.GradientTransformationExtraArgs:
+    r"""(Stochastic) gradient descent: :math:`u_t = -\eta_t\, g_t`.
+
+    Full-batch GD, SGD or mini-batch GD depending on the gradient it is fed
+    (see :func:`jgd.minimize`). Equals ``optax.sgd(learning_rate)``.
+
+    Args:
+      learning_rate: a number ``>= 0`` or a schedule ``count -> scalar``.
+
+    Example::
+
+      >>> import jax.numpy as jnp, jgd
+      >>> opt = jgd.sgd(0.1)
+      >>> params = jnp.array([1.0, -2.0])
+      >>> updates, state = opt.update(2 * params, opt.init(params))
+      >>> jgd.apply_updates(params, updates)
+      Array([ 0.8, -1.6], dtype=float32)
+
+    Reference: Robbins & Monro, "A stochastic approximation method", 1951.
+    """
+    check_learning_rate(learning_rate)
+    return transformation(_sgd_init, _sgd_update, learning_rate=learning_rate)
+
+
+def _sgd_init(hp, params):
+    del hp, params
+    return CountState(count=zero_count())
+
+
+def _sgd_update(hp, updates, state, params=None, **extra):
+    del params, extra
+    lr = learning_rate_at(hp.learning_rate, state.count)
+    updates = jax.tree.map(lambda g: (-lr).astype(g.dtype) * g, updates)
+    return updates, CountState(count=increment(state.count))
+
+
+class MomentumState(NamedTuple):
+    count: jax.Array
+    trace: optax.Params
+
+
+def momentum(
+    learning_rate, beta=0.9, nesterov: bool = False, *, state_dtype=None
+) -> optax.GradientTransformationExtraArgs:
+    r"""Heavy-ball momentum, optionally Nesterov's accelerated form.
+
+    .. math::
+       m_t = g_t + \beta m_{t-1}, \qquad
+       u_t = -\eta_t m_t \quad\text{or, with Nesterov,}\quad
+       u_t = -\eta_t (g_t + \beta m_t).
+
+    Equals ``optax.sgd(learning_rate, momentum=beta, nesterov=nesterov)`` and
+    ``torch.optim.SGD(lr, momentum=beta, nesterov=nesterov)``.
+
+    Args:
+      learning_rate: a number ``>= 0`` or a schedule.
+      beta: momentum coefficient in ``[0, 1)``.
+      nesterov: use Nesterov's look-ahead form.
+      state_dtype: optional dtype to raise the trace to (e.g. float32 for bf16 params).
+
+    Example::
+
+      >>> opt = jgd.momentum(1e-2, beta=0.9)
+      >>> state = opt.init({"w": jnp.zeros(3)})
+
+    References: Polyak, "Some methods of speeding up the convergence of iteration
+    methods", 1964; Nesterov, "A method for solving the convex programming problem
+    with convergence rate O(1/k²)", 1983; Sutskever et al., ICML 2013.
+    """
+    check_learning_rate(learning_rate)
+    check_decay("beta", beta)
+    if not isinstance(nesterov, bool):
+        raise TypeError(f"nesterov must be a bool, got {nesterov!r}")
+    return transformation(
+        _momentum_init,
+        _momentum_update,
+        learning_rate=learning_rate,
+        beta=beta,
+        nesterov=nesterov,
+        state_dtype=check_state_dtype(state_dtype),
+    )
+
+
+def nesterov(learning_rate, beta=0.9, *, state_dtype=None):
+    r"""Nesterov momentum: ``momentum(learning_rate, beta, nesterov=True)``.
+
+    .. math:: m_t = g_t + \beta m_{t-1}, \qquad u_t = -\eta_t (g_t + \beta m_t).
+
+    Reference: Nesterov 1983; Sutskever et al., ICML 2013.
+    """
+    return momentum(learning_rate, beta, nesterov=True, state_dtype=state_dtype)
+
+
+def _momentum_init(hp, params):
+    return MomentumState(count=zero_count(), trace=moments_like(params, hp.state_dtype))
+
+
+def _momentum_update(hp, updates, state, params=None, **extra):
+    del params, extra
+    lr = learning_rate_at(hp.learning_rate, state.count)
+    nesterov_ = hp.nesterov
+
+    def leaf(g, m):
+        beta = jnp.asarray(hp.beta, m.dtype)
+        g_ = g.astype(m.dtype)
+        m = g_ + beta * m
+        direction = g_ + beta * m if nesterov_ else m
+        return ((-lr).astype(m.dtype) * direction).astype(g.dtype), m
+
+    updates, trace = map_leaves(leaf, 2, updates, state.trace)
+    return updates, MomentumState(count=increment(state.count), trace=trace)

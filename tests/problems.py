@@ -1,0 +1,176 @@
+"""The shared problem zoo: pytrees, objectives, data sets and the optimizer tables that
+every test file draws from, plus oracles that do not use jgd."""
+
+from __future__ import annotations
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import jgd
+
+# --------------------------------------------------------------------------- oracles
+
+
+def standard_promotion():
+    """optax's own code mixes Python floats with int32 counts, which the suite's strict
+    promotion forbids; oracle calls run under standard promotion."""
+    return jax.numpy_dtype_promotion("standard")
+
+
+@contextlib.contextmanager
+def oracle():
+    with standard_promotion(), jax.numpy_rank_promotion("allow"):
+        yield
+
+
+# --------------------------------------------------------------------------- pytrees
+
+
+def mixed_tree(dtype=jnp.float32, seed=0):
+    """A nested pytree of many shapes, a scalar leaf and a rank-3 leaf included."""
+    rng = np.random.default_rng(seed)
+
+    def leaf(*shape):
+        return jnp.asarray(rng.normal(size=shape), dtype)
+
+    return {
+        "dense": {"w": leaf(4, 3), "b": leaf(3)},
+        "scalar": leaf(),
+        "stack": (leaf(2, 2, 2), leaf(1)),
+    }
+
+
+TARGET = 3.0
+
+
+def quadratic_loss(params, target=None):
+    """0.5·Σ c_leaf·‖x − target‖² with a different curvature per leaf (a well-conditioned
+    smooth objective whose gradient is known in closed form)."""
+    leaves = jax.tree.leaves(params)
+    if target is None:
+        target = [jnp.full_like(x, TARGET) for x in leaves]
+    else:
+        target = jax.tree.leaves(target)
+    total = jnp.zeros((), jnp.float32)
+    for i, (x, t) in enumerate(zip(leaves, target)):
+        c = 1.0 + 0.5 * i
+        total = total + (0.5 * c * jnp.sum(jnp.square(x - t))).astype(jnp.float32)
+    return total
+
+
+def quadratic_grad_numpy(leaves):
+    return [(1.0 + 0.5 * i) * (x - TARGET) for i, x in enumerate(leaves)]
+
+
+def parabola():
+    """optax's acceptance problem (alias_test._setup_parabola)."""
+    final = jnp.array([1.0, -1.0, 1.0])
+    return jnp.array([-1.0, 10.0, 1.0]), final, lambda p: jnp.sum(jnp.square(p - final))
+
+
+def rosenbrock():
+    """optax's acceptance problem (alias_test._setup_rosenbrock)."""
+    def objective(p):
+        return jnp.square(1.0 - p[0]) + 100.0 * jnp.square(p[1] - p[0] ** 2)
+
+    return jnp.array([0.0, 0.0]), jnp.array([1.0, 1.0]), objective
+
+
+def diabetes():
+    """sklearn's diabetes data, standardized features and centred target (float32)."""
+    from sklearn.datasets import load_diabetes
+
+    X, y = load_diabetes(return_X_y=True)
+    X = (X - X.mean(0)) / X.std(0)
+    y = (y - y.mean()) / y.std()
+    return X.astype(np.float32), y.astype(np.float32)
+
+
+def least_squares(X, y):
+    def loss(w, batch=None):
+        Xb, yb = (X, y) if batch is None else batch
+        r = Xb @ w - yb
+        return 0.5 * jnp.mean(r * r)
+
+    return loss
+
+
+# --------------------------------------------------------------------------- optimizer tables
+
+# name -> (jgd factory, optax factory, non-default kwargs). Learning rates are given
+# separately so every row can be swept over them.
+SMOOTH = {
+    "sgd": (jgd.sgd, optax.sgd, {}),
+    "momentum": (
+        jgd.momentum,
+        lambda lr, beta=0.9, nesterov=False: optax.sgd(lr, momentum=beta, nesterov=nesterov),
+        {"beta": 0.5},
+    ),
+    "nesterov": (
+        jgd.nesterov,
+        lambda lr, beta=0.9: optax.sgd(lr, momentum=beta, nesterov=True),
+        {"beta": 0.7},
+    ),
+    "adagrad": (jgd.adagrad, optax.adagrad, {"initial_accumulator_value": 0.5, "eps": 1e-4}),
+    "rmsprop": (jgd.rmsprop, optax.rmsprop, {"decay": 0.8, "eps": 1e-4}),
+    "rmsprop_centered": (
+        lambda learning_rate, **kw: jgd.rmsprop(learning_rate, centered=True, **kw),
+        lambda lr, **kw: optax.rmsprop(lr, centered=True, **kw),
+        {"decay": 0.95, "eps": 1e-3},
+    ),
+    "adam": (jgd.adam, optax.adam, {"b1": 0.5, "b2": 0.9, "eps": 1e-3}),
+    "adamw": (jgd.adamw, optax.adamw, {"b1": 0.8, "b2": 0.99, "weight_decay": 0.1}),
+}
+
+# Learning rates that solve optax's acceptance problems in 10,000 steps
+# (optax's alias_test uses the same ones where it has the rule).
+ACCEPTANCE_LR = {
+    "sgd": 2e-3,
+    "momentum": 1e-3,
+    "nesterov": 1e-3,
+    "adagrad": 1.0,
+    "rmsprop": 5e-3,
+    "rmsprop_centered": 5e-3,
+    "adam": 1e-1,
+    "adamw": 1e-1,
+}
+
+# name -> (jgd factory, kwargs besides learning_rate whose values may be traced)
+NUMERIC_HPARAMS = {
+    "sgd": {},
+    "momentum": {"beta": 0.9},
+    "nesterov": {"beta": 0.9},
+    "adagrad": {"initial_accumulator_value": 0.1, "eps": 1e-7},
+    "rmsprop": {"decay": 0.9, "eps": 1e-8},
+    "rmsprop_centered": {"decay": 0.9, "eps": 1e-8},
+    "adam": {"b1": 0.9, "b2": 0.999, "eps": 1e-8},
+    "adamw": {"b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 1e-4},
+}
+
+
+def run(opt, params, grad_fn, steps, jit=True):
+    """``steps`` updates of ``opt`` from ``params`` with gradients from ``grad_fn``."""
+    def step(carry, _):
+        p, s = carry
+        u, s = opt.update(grad_fn(p), s, p)
+        return (optax.apply_updates(p, u), s), None
+
+    def go(p):
+        return jax.lax.scan(step, (p, opt.init(p)), None, length=steps)[0]
+
+    return (jax.jit(go) if jit else go)(params)
+
+
+class TraceCounter:
+    """Wraps a function and counts how often JAX traces it (once per compilation)."""
+
+    def __init__(self, fn):
+        self.fn, self.count = fn, 0
+
+    def __call__(self, *args, **kwargs):
+        self.count += 1
+        return self.fn(*args, **kwargs)
