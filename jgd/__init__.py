@@ -3,6 +3,7 @@
 
 from jgd.adaptive import adagrad, adam, adamw, rmsprop
 from jgd.minimize import LoopState, Result, minimize
+from jgd.sweep import SweepResult, sweep
 from jgd.smooth import momentum, nesterov, sgd
 from jgd.wrappers import (
     accumulate,
@@ -33,4 +34,6 @@ __all__ = [
     "prox",
     "rmsprop",
     "sgd",
+    "sweep",
+    "SweepResult",
 ]
