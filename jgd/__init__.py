@@ -1,9 +1,11 @@
 """jgd: gradient-descent variants for JAX as composable, sweepable init/update pairs."""
 
-
+from jgd import prox
 from jgd.adaptive import adagrad, adam, adamw, rmsprop
 from jgd.minimize import LoopState, Result, minimize
 from jgd.sweep import SweepResult, sweep
+from jgd.nonsmooth import subgradient
+from jgd.proximal import proximal_gradient
 from jgd.smooth import momentum, nesterov, sgd
 from jgd.wrappers import (
     accumulate,
@@ -32,7 +34,10 @@ __all__ = [
     "momentum",
     "nesterov",
     "prox",
+    "prox",
+    "proximal_gradient",
     "rmsprop",
+    "subgradient",
     "sgd",
     "sweep",
     "SweepResult",

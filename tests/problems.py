@@ -174,3 +174,48 @@ class TraceCounter:
     def __call__(self, *args, **kwargs):
         self.count += 1
         return self.fn(*args, **kwargs)
+
+
+# --------------------------------------------------------------------------- non-smooth problems
+
+
+def lad_problem(m=60, d=8, seed=0):
+    """Least absolute deviations ‖Ax − b‖₁ with its optimum from scipy's linprog:
+    min Σ s  s.t.  −s ≤ Ax − b ≤ s."""
+    from scipy.optimize import linprog
+
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(m, d))
+    b = A @ rng.normal(size=d) + rng.laplace(size=m)
+    c = np.concatenate([np.zeros(d), np.ones(m)])
+    eye = np.eye(m)
+    A_ub = np.block([[A, -eye], [-A, -eye]])
+    b_ub = np.concatenate([b, -b])
+    bounds = [(None, None)] * d + [(0, None)] * m
+    sol = linprog(c, A_ub=A_ub, b_ub=b_ub, bounds=bounds, method="highs")
+    assert sol.success
+    return A.astype(np.float32), b.astype(np.float32), float(sol.fun)
+
+
+def lasso_problem(alpha=0.05, quadratic_features=False):
+    """sklearn's Lasso objective on diabetes: (1/2n)‖y − Xw‖² + α‖w‖₁, its solution from
+    sklearn's coordinate descent (float64, tight tolerance), and L of the smooth part.
+    ``quadratic_features`` adds the degree-2 products (65 correlated, ill-conditioned
+    features, where acceleration matters)."""
+    from sklearn.linear_model import Lasso
+    from sklearn.preprocessing import PolynomialFeatures
+
+    X, y = diabetes()
+    X, y = X.astype(np.float64), y.astype(np.float64)
+    if quadratic_features:
+        X = PolynomialFeatures(2, include_bias=False).fit_transform(X)
+        X = (X - X.mean(0)) / X.std(0)
+    w = Lasso(alpha=alpha, fit_intercept=False, tol=1e-14, max_iter=100_000).fit(X, y).coef_
+    n = X.shape[0]
+    L = float(np.linalg.eigvalsh(X.T @ X / n).max())
+
+    def objective(w_):
+        r = X @ w_ - y
+        return 0.5 * np.mean(r * r) + alpha * np.sum(np.abs(w_))
+
+    return X, y, w, objective(w), L, objective

@@ -1,0 +1,97 @@
+"""The subgradient method and its classic step-size rules."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jgd._transform import (
+    CountState,
+    as_scalar,
+    check_learning_rate,
+    check_scalar,
+    global_norm,
+    increment,
+    learning_rate_at,
+    transformation,
+    zero_count,
+)
+
+__all__ = ["subgradient", "SUBGRADIENT_RULES"]
+
+SUBGRADIENT_RULES = ("constant", "length", "sqrt", "harmonic", "polyak")
+
+
+def subgradient(learning_rate, rule: str = "sqrt", f_star=None) -> optax.GradientTransformationExtraArgs:
+    r"""The subgradient method :math:`u_t = -\alpha_t g_t` for non-smooth convex objectives,
+    with :math:`g_t \in \partial f(x_t)` and the step :math:`\alpha_t` chosen by ``rule``
+    (:math:`t = 1, 2, \dots`, :math:`\eta` = ``learning_rate``):
+
+    ============  ===============================================
+    ``constant``  :math:`\alpha_t = \eta`
+    ``length``    :math:`\alpha_t = \eta / \|g_t\|` (constant step length)
+    ``sqrt``      :math:`\alpha_t = \eta / \sqrt{t}`
+    ``harmonic``  :math:`\alpha_t = \eta / t`
+    ``polyak``    :math:`\alpha_t = \eta\,(f(x_t) - f^\star) / \|g_t\|^2` (:math:`\eta = 1` is
+                  Polyak's step; needs ``update(..., value=f(x_t))`` and ``f_star``)
+    ============  ===============================================
+
+    Norms are global over the pytree. Where :math:`g_t = 0` the update is 0 (no 0/0).
+    It is not a descent method: keep the best iterate (``jgd.minimize`` reports it).
+
+    Example::
+
+      >>> opt = jgd.subgradient(1.0, rule="polyak", f_star=0.0)
+      >>> updates, state = opt.update(grads, state, params, value=loss)
+
+    References: N. Z. Shor, "Minimization Methods for Non-Differentiable Functions",
+    1985; B. T. Polyak, "Introduction to Optimization", 1987, §5.3; S. Boyd,
+    "Subgradient Methods" (Stanford EE364b notes), 2003.
+    """
+    if rule not in SUBGRADIENT_RULES:
+        raise ValueError(f"rule must be one of {SUBGRADIENT_RULES}, got {rule!r}")
+    check_learning_rate(learning_rate)
+    if rule == "polyak":
+        if f_star is None:
+            raise ValueError("rule='polyak' needs f_star, the optimal value (or a lower bound)")
+        check_scalar("f_star", f_star)
+    elif f_star is not None:
+        raise ValueError(f"f_star is only used by rule='polyak', got rule={rule!r}")
+    return transformation(
+        _subgradient_init, _subgradient_update, learning_rate=learning_rate, rule=rule, f_star=f_star
+    )
+
+
+def _subgradient_init(hp, params):
+    del hp, params
+    return CountState(count=zero_count())
+
+
+def _subgradient_update(hp, updates, state, params=None, *, value=None, **extra):
+    del params, extra
+    rule = hp.rule
+    lr = learning_rate_at(hp.learning_rate, state.count)
+    count = increment(state.count)
+    t = count.astype(lr.dtype)
+    if rule == "constant":
+        step = lr
+    elif rule == "sqrt":
+        step = lr / jnp.sqrt(t)
+    elif rule == "harmonic":
+        step = lr / t
+    else:
+        norm = global_norm(updates).astype(lr.dtype)
+        safe = jnp.where(norm > 0, norm, jnp.ones_like(norm))
+        if rule == "length":
+            step = lr / safe
+        else:
+            if value is None:
+                raise ValueError(
+                    "rule='polyak' needs the objective value: call update(grads, state, params, value=loss)"
+                )
+            gap = as_scalar(value) - as_scalar(hp.f_star)
+            step = lr * gap / (safe * safe)
+        step = jnp.where(norm > 0, step, jnp.zeros_like(step))
+    updates = jax.tree.map(lambda g: (-step).astype(g.dtype) * g, updates)
+    return updates, CountState(count=count)
