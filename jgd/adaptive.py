@@ -197,22 +197,7 @@ def adam(
 
     Reference: Kingma & Ba, "Adam: A method for stochastic optimization", ICLR 2015.
     """
-    check_learning_rate(learning_rate)
-    check_decay("b1", b1)
-    check_decay("b2", b2)
-    check_scalar("eps", eps, lower=0.0)
-    return transformation(
-        _adam_init,
-        _adam_update,
-        learning_rate=learning_rate,
-        b1=b1,
-        b2=b2,
-        one_minus_b1=1 - b1,
-        one_minus_b2=1 - b2,
-        eps=eps,
-        weight_decay=None,
-        state_dtype=check_state_dtype(state_dtype),
-    )
+    return _adam_family(learning_rate, b1, b2, eps, None, state_dtype)
 
 
 def adamw(
@@ -232,11 +217,15 @@ def adamw(
 
     Reference: Loshchilov & Hutter, "Decoupled weight decay regularization", ICLR 2019.
     """
+    check_scalar("weight_decay", weight_decay, lower=0.0)
+    return _adam_family(learning_rate, b1, b2, eps, weight_decay, state_dtype)
+
+
+def _adam_family(learning_rate, b1, b2, eps, weight_decay, state_dtype):
     check_learning_rate(learning_rate)
     check_decay("b1", b1)
     check_decay("b2", b2)
     check_scalar("eps", eps, lower=0.0)
-    check_scalar("weight_decay", weight_decay, lower=0.0)
     return transformation(
         _adam_init,
         _adam_update,
