@@ -275,7 +275,3 @@ class CountState(NamedTuple):
 def zero_count():
     return jnp.zeros([], jnp.int32)
 
-
-def is_floating(x) -> bool:
-    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
-
