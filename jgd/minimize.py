@@ -194,26 +194,19 @@ def minimize(
         tol_ = np.asarray(tol)
         if tol_.shape or not np.isfinite(tol_) or tol_ < 0:
             raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
-    sample = None if data is None else jax.tree.map(lambda x: x[: full // microbatches], data)
-    _check_loss(fun, params, sample, has_aux)
-
     if key is None:
         key = jax.random.key(0)
-    if init_state is None:
-        init_state = opt.init(params)
-    if not isinstance(init_state, LoopState):
-        epoch = 0 if batch_size is None else n
-        init_state = LoopState(
-            init_state, jnp.arange(epoch, dtype=jnp.int32), jnp.zeros([], jnp.int32)
-        )
-    tol_value = jnp.asarray(-1.0 if tol is None else tol, jnp.float32)
+    if tol is None:
+        tol = np.float32(-1.0)
+    elif not isinstance(tol, jax.core.Tracer):
+        tol = np.asarray(tol, np.float32)
     config = _Config(fun, steps, batch_size, microbatches, has_aux, progress)
     # jgd optimizers are pytrees of numbers and stay arguments; an optax closure is static.
     opt = as_hyperparameter(optax.with_extra_args_support(opt))
     if progress:
         _Progress.start(steps)
     try:
-        return _loop(config, opt, params, init_state, key, data, tol_value)
+        return _loop(config, opt, params, init_state, key, data, tol)
     finally:
         if progress:
             _Progress.close()
@@ -305,11 +298,29 @@ def _next_batch(config, data, key, permutation, position):
     return batch, key, permutation, (position + 1) % per_epoch
 
 
+def _initial_state(config, opt, params, data, state):
+    if state is None:
+        state = opt.init(params)
+    if isinstance(state, LoopState):
+        return state
+    epoch = 0 if config.batch_size is None else jax.tree.leaves(data)[0].shape[0]
+    return LoopState(state, jnp.arange(epoch, dtype=jnp.int32), jnp.zeros([], jnp.int32))
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _loop(config, opt, params, state, key, data, tol):
+    # Everything here runs once per compilation, so calling again costs no Python work.
     opt = unwrap(opt)
     steps = config.steps
     report_every = max(1, steps // 20)
+    if data is not None:
+        full = jax.tree.leaves(data)[0].shape[0] if config.batch_size is None else config.batch_size
+        sample = jax.tree.map(lambda x: x[: full // config.microbatches], data)
+    else:
+        sample = None
+    _check_loss(config.fun, params, sample, config.has_aux)
+    state = _initial_state(config, opt, params, data, state)
+    tol = jnp.asarray(tol, jnp.float32)
     # One abstract evaluation fixes the dtypes of the loss and the aux carried by the loop.
     batch0, *_ = _next_batch(config, data, key, state.permutation, state.position)
     loss_shape, aux_shape, _ = jax.eval_shape(lambda p, b: _value_and_grad(config, p, b), params, batch0)
