@@ -14,6 +14,8 @@ from jgd.wrappers import (
     chain,
     clip,
     clip_by_global_norm,
+    flat,
+    skip_nonfinite,
 )
 
 __version__ = "0.1.0"
@@ -28,17 +30,18 @@ __all__ = [
     "chain",
     "clip",
     "clip_by_global_norm",
+    "flat",
     "LoopState",
     "Result",
     "minimize",
     "momentum",
     "nesterov",
     "prox",
-    "prox",
     "proximal_gradient",
     "rmsprop",
     "subgradient",
     "sgd",
+    "skip_nonfinite",
     "sweep",
     "SweepResult",
 ]

@@ -33,6 +33,7 @@ __all__ = [
     "moments_like",
     "map_leaves",
     "global_norm",
+    "check_same_structure",
     "CountState",
 ]
 
@@ -120,8 +121,33 @@ def transformation(
     the jit cache key)."""
     hp = Hyperparams(**{k: as_hyperparameter(v) for k, v in hyperparams.items()})
     return optax.GradientTransformationExtraArgs(
-        jax.tree_util.Partial(init_fn, hp), jax.tree_util.Partial(update_fn, hp)
+        jax.tree_util.Partial(_init, Static(init_fn), hp),
+        jax.tree_util.Partial(_update, Static(update_fn), hp),
     )
+
+
+def _init(init_fn, hp, params):
+    return init_fn.value(hp, params)
+
+
+def _update(update_fn, hp, updates, state, params=None, **extra):
+    # Checked here, at the boundary, so a mismatch names both trees instead of failing
+    # deep inside a tree.map.
+    check_same_structure("updates", updates, "params", params)
+    return update_fn.value(hp, updates, state, params, **extra)
+
+
+def check_same_structure(name: str, tree, other_name: str, other, hint: str = ""):
+    """Raises ValueError naming both trees' structures when they differ (``other=None``
+    is allowed: params are optional in ``update``)."""
+    if other is None:
+        return
+    a, b = jax.tree.structure(tree), jax.tree.structure(other)
+    if a != b:
+        raise ValueError(
+            f"{name} and {other_name} must have the same tree structure, got\n"
+            f"  {name}: {a}\n  {other_name}: {b}{hint}"
+        )
 
 
 # --------------------------------------------------------------------------- validation
@@ -244,6 +270,11 @@ def moments_like(params, state_dtype=None, fill=0.0):
 
 def map_leaves(fn: Callable, num_outputs: int, tree, *rest):
     """``jax.tree.map`` for a function returning ``num_outputs`` leaves: one tree each."""
+    for other in rest:
+        check_same_structure(
+            "updates", tree, "the optimizer state", other,
+            "\n(was the state made by this optimizer's init for params shaped like these updates?)",
+        )
     outer = jax.tree.structure(tree)
     if outer.num_leaves == 0:
         return tuple(tree for _ in range(num_outputs))
