@@ -34,6 +34,7 @@ __all__ = [
     "map_leaves",
     "global_norm",
     "check_same_structure",
+    "check_array_leaves",
     "CountState",
 ]
 
@@ -127,14 +128,33 @@ def transformation(
 
 
 def _init(init_fn, hp, params):
-    return init_fn.value(hp, params)
+    check_array_leaves("params", params)
+    return init_fn.value(hp, jax.tree.map(jnp.asarray, params))
 
 
 def _update(update_fn, hp, updates, state, params=None, **extra):
-    # Checked here, at the boundary, so a mismatch names both trees instead of failing
-    # deep inside a tree.map.
+    # Checked here, at the boundary, so a mistake names the argument instead of failing
+    # deep inside a tree.map. Structures and dtypes are static: no traced value is read.
+    check_array_leaves("updates", updates)
+    if params is not None:
+        check_array_leaves("params", params)
     check_same_structure("updates", updates, "params", params)
+    # Python numbers (e.g. a list of floats) become arrays once, here, for every rule.
+    updates = jax.tree.map(jnp.asarray, updates)
+    if params is not None:
+        params = jax.tree.map(jnp.asarray, params)
     return update_fn.value(hp, updates, state, params, **extra)
+
+
+def check_array_leaves(name: str, tree):
+    """Raises TypeError naming the leaf when a leaf of ``tree`` is not a number or an
+    array (a string, an object, None inside a list...)."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if isinstance(leaf, jax.core.Tracer) or _is_numeric_leaf(leaf):
+            continue
+        raise TypeError(
+            f"{name}{jax.tree_util.keystr(path)} must be an array or a number, got {leaf!r}"
+        )
 
 
 def check_same_structure(name: str, tree, other_name: str, other, hint: str = ""):

@@ -12,6 +12,7 @@ import numpy as np
 import optax
 
 from jgd._transform import as_hyperparameter, global_norm, unwrap
+from jgd.wrappers import apply_updates
 
 __all__ = ["minimize", "Result", "LoopState"]
 
@@ -354,7 +355,7 @@ def _loop(config, opt, params, state, key, data, tol):
         better = loss < c.best_loss
         best_params = jax.tree.map(lambda b, p: jnp.where(better, p, b), c.best_params, c.params)
         updates, opt_state = opt.update(grads, c.state.opt_state, c.params, value=loss)
-        new_params = optax.apply_updates(c.params, updates)
+        new_params = apply_updates(c.params, updates)
         stop = converged | diverged
         # No update on the step that stops: the reported params are the ones that met tol.
         params = jax.tree.map(lambda old, new: jnp.where(stop, old, new), c.params, new_params)

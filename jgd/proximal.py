@@ -8,7 +8,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jgd._transform import check_learning_rate, increment, learning_rate_at, transformation, zero_count
+from jgd._transform import (
+    check_learning_rate,
+    check_same_structure,
+    increment,
+    learning_rate_at,
+    transformation,
+    zero_count,
+)
 
 __all__ = ["proximal_gradient", "ProximalGradientState"]
 
@@ -66,13 +73,17 @@ def proximal_gradient(learning_rate, prox=None, accelerated: bool = False) -> op
 
 def _proximal_init(hp, params):
     del hp
-    return ProximalGradientState(count=zero_count(), iterate=params, momentum=jnp.ones([], jnp.float32))
+    # A copy, so that donating both params and state in a jitted step never donates
+    # one buffer twice.
+    iterate = jax.tree.map(jnp.copy, params)
+    return ProximalGradientState(count=zero_count(), iterate=iterate, momentum=jnp.ones([], jnp.float32))
 
 
 def _proximal_update(hp, updates, state, params=None, **extra):
     del extra
     if params is None:
         raise ValueError("proximal_gradient needs params: call update(grads, state, params)")
+    check_same_structure("updates", updates, "the optimizer state's iterate", state.iterate)
     lr = learning_rate_at(hp.learning_rate, state.count)
     x = hp.prox(jax.tree.map(lambda y, g: y - lr.astype(y.dtype) * g.astype(y.dtype), params, updates), lr)
     if hp.accelerated:

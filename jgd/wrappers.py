@@ -23,6 +23,7 @@ from jgd._transform import (
     check_scalar,
     global_norm,
     transformation,
+    wider,
 )
 
 __all__ = [
@@ -38,7 +39,22 @@ __all__ = [
     "flat",
 ]
 
-apply_updates = optax.apply_updates
+
+
+def apply_updates(params, updates):
+    """``params + updates`` leaf by leaf, as ``optax.apply_updates``: the sum is taken in
+    the wider of the two dtypes and cast back to the params' dtype (bf16 params with
+    float32 updates round once), and it also works under strict dtype promotion."""
+
+    def leaf(p, u):
+        if p is None:
+            return None
+        p, u = jnp.asarray(p), jnp.asarray(u)
+        dtype = wider(p.dtype, u.dtype)
+        return (p.astype(dtype) + u.astype(dtype)).astype(p.dtype)
+
+    check_same_structure("updates", updates, "params", params)
+    return jax.tree.map(leaf, params, updates, is_leaf=lambda x: x is None)
 
 
 def _check_transform(name, opt):
@@ -167,6 +183,7 @@ def _accumulate_init(hp, params):
 def _accumulate_update(hp, updates, state, params=None, **extra):
     opt = optax.with_extra_args_support(hp.opt)
     every = hp.every
+    check_same_structure("updates", updates, "the optimizer state's gradient sum", state.gradient_sum)
     gradient_sum = jax.tree.map(lambda s, g: s + g.astype(s.dtype), state.gradient_sum, updates)
     emit = state.micro_step == every - 1
     mean = jax.tree.map(lambda s, g: (s / every).astype(g.dtype), gradient_sum, updates)

@@ -219,3 +219,43 @@ def lasso_problem(alpha=0.05, quadratic_features=False):
         return 0.5 * np.mean(r * r) + alpha * np.sum(np.abs(w_))
 
     return X, y, w, objective(w), L, objective
+
+
+# --------------------------------------------------------------------------- every public factory
+
+# name -> (lr -> optimizer, what a NaN in one gradient leaf does after two updates):
+#   "leaf": NaN in that leaf's updates, every other leaf finite (elementwise rules);
+#   "spread": the rule reduces over all leaves (a global norm), so NaN may reach every leaf;
+#   "skip": the update is zero and the step is counted as skipped.
+# Rules that need ``value=`` get the loss ``0.5·‖g‖²`` in the property tests.
+FACTORIES = {
+    "sgd": (jgd.sgd, "leaf"),
+    "momentum": (jgd.momentum, "leaf"),
+    "nesterov": (jgd.nesterov, "leaf"),
+    "adagrad": (jgd.adagrad, "leaf"),
+    "rmsprop": (jgd.rmsprop, "leaf"),
+    "rmsprop_centered": (lambda lr: jgd.rmsprop(lr, centered=True), "leaf"),
+    "adam": (jgd.adam, "leaf"),
+    "adamw": (jgd.adamw, "leaf"),
+    "subgradient_constant": (lambda lr: jgd.subgradient(lr, rule="constant"), "leaf"),
+    "subgradient_length": (lambda lr: jgd.subgradient(lr, rule="length"), "spread"),
+    "subgradient_sqrt": (lambda lr: jgd.subgradient(lr, rule="sqrt"), "leaf"),
+    "subgradient_harmonic": (lambda lr: jgd.subgradient(lr, rule="harmonic"), "leaf"),
+    "subgradient_polyak": (lambda lr: jgd.subgradient(lr, rule="polyak", f_star=0.0), "spread"),
+    "proximal_gradient_l1": (lambda lr: jgd.proximal_gradient(lr, prox=jgd.prox.l1(0.01)), "leaf"),
+    "proximal_gradient_fista_box": (
+        lambda lr: jgd.proximal_gradient(lr, prox=jgd.prox.box(-1.0, 1.0), accelerated=True),
+        "leaf",
+    ),
+    "chain": (lambda lr: jgd.chain(jgd.clip(0.5), jgd.nesterov(lr)), "leaf"),
+    "clip": (lambda lr: jgd.chain(jgd.clip(0.5), jgd.sgd(lr)), "leaf"),
+    "clip_by_global_norm": (lambda lr: jgd.chain(jgd.clip_by_global_norm(1.0), jgd.adam(lr)), "spread"),
+    "add_decayed_weights": (lambda lr: jgd.chain(jgd.add_decayed_weights(1e-2), jgd.sgd(lr)), "leaf"),
+    "accumulate": (lambda lr: jgd.accumulate(jgd.adam(lr), every=2), "leaf"),
+    "skip_nonfinite": (lambda lr: jgd.skip_nonfinite(jgd.momentum(lr)), "skip"),
+    "flat": (lambda lr: jgd.flat(jgd.adam(lr)), "leaf"),
+    "flat_adamw": (lambda lr: jgd.flat(jgd.adamw(lr)), "leaf"),
+}
+
+# Public callables that are not optimizer factories (the completeness test skips them).
+NOT_FACTORIES = {"apply_updates", "minimize", "sweep", "LoopState", "Result", "SweepResult", "prox"}

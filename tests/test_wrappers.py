@@ -1,0 +1,188 @@
+"""flat(opt) and skip_nonfinite(opt) against the rules they wrap and against optax;
+boundary errors of every factory in problems.FACTORIES."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from problems import FACTORIES, SMOOTH, mixed_tree, oracle, quadratic_loss, run
+
+import jgd
+
+grad = jax.grad(quadratic_loss)
+
+
+def two_dtype_tree():
+    """float32 and bfloat16 leaves side by side, a scalar and an empty leaf included."""
+    tree = mixed_tree()
+    tree["half"] = {"w": jnp.linspace(-1, 1, 6, dtype=jnp.bfloat16).reshape(2, 3), "empty": jnp.zeros((0, 4), jnp.bfloat16)}
+    return tree
+
+
+def steps(opt, params, n=20):
+    return run(opt, params, grad, n)
+
+
+@pytest.mark.parametrize("name", SMOOTH)
+def test_flat_equals_the_rule_it_wraps(name):
+    make = SMOOTH[name][0]
+    params = two_dtype_tree()
+    expected, _ = steps(make(0.05), params)
+    actual, state = steps(jgd.flat(make(0.05)), params)
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+        assert a.dtype == e.dtype
+        # Same arithmetic; XLA may vectorize one layout and not the other (FMA), so
+        # allow a few units in the last place over 20 steps.
+        ulp = 10 * float(jnp.finfo(a.dtype).eps)
+        np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(e, np.float64), rtol=ulp, atol=ulp)
+    buffers = [x for x in jax.tree.leaves(state.inner) if jnp.ndim(x) == 1]
+    assert {x.dtype for x in buffers} <= {jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)}
+    # one buffer per dtype and moment: every moment of 6 leaves lives in 2 buffers
+    assert len(buffers) % 2 == 0 and len(buffers) <= 4
+
+
+def test_flat_global_norm_rules_agree_to_rounding():
+    params = mixed_tree()
+    opt = jgd.chain(jgd.clip_by_global_norm(0.5), jgd.adam(0.1))
+    expected, _ = steps(opt, params)
+    actual, _ = steps(jgd.flat(opt), params)
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
+
+
+def test_flat_under_minimize_and_vmap():
+    params = mixed_tree()
+    run = lambda lr: jgd.minimize(quadratic_loss, params, jgd.flat(jgd.momentum(lr)), steps=50).params  # noqa: E731
+    lrs = jnp.asarray([0.05, 0.1], jnp.float32)
+    batched = jax.vmap(run)(lrs)
+    for i, lr in enumerate(lrs):
+        one = jgd.minimize(quadratic_loss, params, jgd.momentum(lr), steps=50).params
+        for a, e in zip(jax.tree.leaves(batched), jax.tree.leaves(one)):
+            np.testing.assert_allclose(a[i], e, rtol=1e-6, atol=1e-6)
+
+
+def test_flat_rejects_a_state_made_for_other_params():
+    opt = jgd.flat(jgd.adam(0.1))
+    state = opt.init({"a": jnp.ones(3)})
+    params = {"a": jnp.ones(3), "b": jnp.ones(2)}
+    with pytest.raises(ValueError, match="2 params leaves|1 params leaves"):
+        opt.update(params, state, params)
+
+
+def nan_schedule(params, every=3):
+    """Gradients with a NaN (and, once, an inf) on every ``every``-th step."""
+    def grads(t, p):
+        g = grad(p)
+        if t % every == every - 1:
+            bad = jnp.inf if t == every - 1 else jnp.nan
+            g = dict(g, scalar=jnp.asarray(bad, g["scalar"].dtype))
+        return g
+    return grads
+
+
+def test_skip_nonfinite_matches_optax_apply_if_finite():
+    params = mixed_tree()
+    grads = nan_schedule(params)
+    ours = jgd.skip_nonfinite(jgd.adam(0.1))
+    theirs = optax.apply_if_finite(optax.adam(0.1), max_consecutive_errors=1000)
+
+    def loop(opt, apply, t_grads):
+        @jax.jit
+        def step(p, s, g):
+            u, s = opt.update(g, s, p)
+            return apply(p, u), s
+
+        p, s = params, opt.init(params)
+        for t in range(12):
+            p, s = step(p, s, t_grads(t, p))
+        return p, s
+
+    with oracle():
+        p_ref, s_ref = loop(theirs, optax.apply_updates, grads)
+    p, s = loop(ours, jgd.apply_updates, grads)
+    for a, e in zip(jax.tree.leaves(p), jax.tree.leaves(p_ref)):
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
+    assert int(s.skipped) == int(s_ref.total_notfinite) == 4
+    assert int(s.inner.count) == 8
+
+
+def test_skip_nonfinite_checks_the_loss_too():
+    params = mixed_tree()
+    opt = jgd.skip_nonfinite(jgd.subgradient(1.0, rule="polyak", f_star=0.0))
+    state = opt.init(params)
+    updates, state = opt.update(grad(params), state, params, value=jnp.float32(jnp.nan))
+    assert all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(updates))
+    assert int(state.skipped) == 1
+
+
+def test_skip_nonfinite_with_bf16_params_and_f32_grads_under_jit():
+    # optax #377 / #1038: a cond/where over states whose dtypes change broke here.
+    params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), mixed_tree())
+    opt = jgd.skip_nonfinite(jgd.adam(0.1))
+
+    @jax.jit
+    def step(p, s, poison):
+        g = jax.tree.map(lambda x: x.astype(jnp.float32), grad(p))
+        g = dict(g, scalar=jnp.where(poison, jnp.float32(jnp.nan), g["scalar"]))
+        u, s = opt.update(g, s, p)
+        return jgd.apply_updates(p, u), s
+
+    p, s = params, opt.init(params)
+    dtypes = jax.tree.map(jnp.result_type, s)
+    for t in range(6):
+        p, s = step(p, s, jnp.asarray(t % 2 == 1))
+        assert jax.tree.map(jnp.result_type, s) == dtypes
+    assert int(s.skipped) == 3 and int(s.inner.count) == 3
+    assert all(x.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(p))
+
+
+# --------------------------------------------------------------------------- boundary errors
+
+
+@pytest.mark.parametrize("name", FACTORIES)
+def test_structure_mismatch_names_both_trees(name):
+    opt = FACTORIES[name][0](0.1)
+    params = {"a": jnp.ones(3), "b": jnp.ones(2)}
+    state = opt.init(params)
+    value = jnp.float32(1.0)
+    with pytest.raises(ValueError, match="tree structure") as info:
+        opt.update({"a": jnp.ones(3)}, state, params, value=value)
+    assert "PyTreeDef({'a': *})" in str(info.value) and "'b'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in FACTORIES if n not in {"sgd", "clip", "add_decayed_weights"} and not n.startswith("subgradient")]
+)
+def test_a_state_for_other_params_is_a_clear_error(name):
+    # sgd, clip, weight decay and the subgradient rules keep no per-leaf state: any
+    # state fits them.
+    opt = FACTORIES[name][0](0.1)
+    state = opt.init({"x": jnp.ones(3)})
+    params = {"a": jnp.ones(3), "b": jnp.ones(2)}
+    with pytest.raises(ValueError, match="state|params leaves"):
+        opt.update(params, state, params, value=jnp.float32(1.0))
+
+
+@pytest.mark.parametrize("name", FACTORIES)
+def test_a_string_leaf_is_a_type_error_naming_it(name):
+    opt = FACTORIES[name][0](0.1)
+    with pytest.raises(TypeError, match=r"params\['b'\]"):
+        opt.init({"a": jnp.ones(2), "b": "oops"})
+    state = opt.init({"a": jnp.ones(2), "b": jnp.ones(1)})
+    with pytest.raises(TypeError, match=r"updates\['b'\]"):
+        opt.update({"a": jnp.ones(2), "b": "oops"}, state, {"a": jnp.ones(2), "b": jnp.ones(1)})
+
+
+def test_a_list_of_floats_is_fine():
+    opt = jgd.momentum(0.1)
+    params = [1.0, 2.0]
+    updates, _ = opt.update([0.5, 0.5], opt.init(params), params)
+    np.testing.assert_allclose(np.asarray(updates, np.float32), [-0.05, -0.05])
+
+
+def test_skip_nonfinite_and_flat_reject_non_optimizers():
+    with pytest.raises(TypeError, match="opt"):
+        jgd.skip_nonfinite(0.1)
+    with pytest.raises(TypeError, match="opt"):
+        jgd.flat("adam")
