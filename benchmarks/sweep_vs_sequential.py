@@ -81,6 +81,15 @@ def main(smoke):
         r = results[name]
         print(f"{name:<16} {t['sweep']:>8.2f} {t['sequential']:>13.2f} {t['python_loop']:>14.2f} "
               f"{r['speedup_vs_sequential']:>6.1f}x {r['speedup_vs_python_loop']:>7.1f}x")
+    # How the chunk size trades vmap width against cache on the MLP (auto = the default).
+    loss, params = problems(64 if smoke else 1000)["mlp-10k"]
+    chunks = (1, 2) if smoke else (1, 4, 8, 16, 64)
+    probe = {f"chunk={c}": (lambda c=c: jgd.sweep(loss, params, jgd.momentum, {"learning_rate": lrs},
+                                                  steps=steps, chunk_size=c).losses) for c in chunks}
+    probe["auto"] = lambda: jgd.sweep(loss, params, jgd.momentum, {"learning_rate": lrs}, steps=steps).losses
+    t = interleaved(probe, repeats)
+    results["mlp-10k-chunk-probe"] = {"K": K, "steps": steps, "seconds": t}
+    print("mlp-10k sweep by chunk size: " + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()))
     write("sweep_vs_sequential", results, smoke)
 
 

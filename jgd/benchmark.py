@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-__all__ = ["time_update", "make_tree", "median_seconds"]
+__all__ = ["time_update", "update_runner", "bytes_per_step", "roofline_runner", "roofline_gb_per_s", "make_tree", "median_seconds"]
 
 
 def make_tree(size: int, kind: str = "leaf", dtype=jnp.float32):
@@ -54,15 +54,14 @@ def median_seconds(fn, *args, repeats: int = 20, warmup: int = 3):
     return statistics.median(times), args
 
 
-def time_update(opt, params, *, repeats: int = 20, warmup: int = 3, steps_per_call: int = 1) -> dict[str, Any]:
-    """Times ``opt``'s jitted update (compile excluded, params/state donated, median of
-    ``repeats``). Returns µs/step, the bytes one step must move (params, grads and state
-    read; params and state written) and the achieved GB/s."""
+def update_runner(opt, params, *, steps_per_call: int = 1):
+    """A compiled, donated update step and its first arguments: ``args = step(*args)``
+    runs ``steps_per_call`` updates. Compile it once, then time it as often as needed
+    (benchmarks interleave several runners this way)."""
     grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), params)
     params = jax.tree.map(jnp.array, params)  # our own copy: the caller's is never donated
     state = opt.init(params)
 
-    @jax.jit
     def _step(params, state, grads):
         def body(_, carry):
             p, s = carry
@@ -70,28 +69,50 @@ def time_update(opt, params, *, repeats: int = 20, warmup: int = 3, steps_per_ca
             return optax.apply_updates(p, updates), s
         return jax.lax.fori_loop(0, steps_per_call, body, (params, state)) + (grads,)
 
-    step = jax.jit(lambda p, s, g: _step(p, s, g), donate_argnums=(0, 1))
-    seconds, _ = median_seconds(step, params, state, grads, repeats=repeats, warmup=warmup)
+    # The grads go back out unchanged; donating them too lets XLA alias instead of copy.
+    step = jax.jit(_step, donate_argnums=(0, 1, 2))
+    return step, (params, state, grads)
+
+
+def bytes_per_step(opt, params) -> int:
+    """The bytes one update must move: params, grads and state read; params and state
+    written (the memory-traffic floor of a first-order rule)."""
     nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))  # noqa: E731
-    state_bytes = nbytes(opt.init(jax.tree.map(jnp.zeros_like, grads)))
-    moved = 3 * nbytes(grads) + 2 * state_bytes  # read p, g, state; write p, state
+    state = jax.eval_shape(opt.init, params)
+    return 3 * nbytes(params) + 2 * nbytes(state)
+
+
+def time_update(opt, params, *, repeats: int = 20, warmup: int = 3, steps_per_call: int = 1) -> dict[str, Any]:
+    """Times ``opt``'s jitted update (compile excluded, params/state donated, median of
+    ``repeats``). Returns µs/step, the bytes one step must move (params, grads and state
+    read; params and state written) and the achieved GB/s."""
+    step, args = update_runner(opt, params, steps_per_call=steps_per_call)
+    seconds, _ = median_seconds(step, *args, repeats=repeats, warmup=warmup)
+    moved = bytes_per_step(opt, params)
     per_step = seconds / steps_per_call
     return {
         "us_per_step": per_step * 1e6,
         "bytes_per_step": moved,
         "gb_per_s": moved / per_step / 1e9,
-        "num_params": sum(x.size for x in jax.tree.leaves(grads)),
-        "num_leaves": len(jax.tree.leaves(grads)),
+        "num_params": sum(jnp.size(x) for x in jax.tree.leaves(params)),
+        "num_leaves": len(jax.tree.leaves(params)),
         "device": str(jax.devices()[0].device_kind),
     }
 
 
-def roofline_gb_per_s(size: int = 10_000_000, repeats: int = 20) -> float:
-    """Measured streaming bandwidth: an in-place, donated axpy (read 2, write 1)."""
+def roofline_runner(size: int):
+    """An in-place, donated axpy over ``size`` float32s (reads 2, writes 1): the
+    streaming bandwidth any update step is bounded by. ``args = axpy(*args)``."""
     x = jnp.zeros(size, jnp.float32)
     y = jnp.ones(size, jnp.float32)
-    axpy = jax.jit(lambda x, y: (x + 1e-3 * y, y), donate_argnums=0)
-    seconds, _ = median_seconds(axpy, x, y, repeats=repeats)
+    # y goes back out unchanged; donating it too lets XLA alias it instead of copying.
+    return jax.jit(lambda x, y: (x + 1e-3 * y, y), donate_argnums=(0, 1)), (x, y)
+
+
+def roofline_gb_per_s(size: int = 10_000_000, repeats: int = 20) -> float:
+    """Measured streaming bandwidth of :func:`roofline_runner`, in GB/s."""
+    axpy, args = roofline_runner(size)
+    seconds, _ = median_seconds(axpy, *args, repeats=repeats)
     return 3 * 4 * size / seconds / 1e9
 
 
@@ -103,13 +124,17 @@ def main(argv=None):
     parser.add_argument("--params", type=float, default=1e6)
     parser.add_argument("--tree", default="leaf", choices=["leaf", "many-leaf", "tiny"])
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--flat", action="store_true", help="time jgd.flat(opt)")
     args = parser.parse_args(argv)
     params = make_tree(int(args.params), args.tree)
     opt = getattr(jgd, args.opt)(1e-3)
+    if args.flat:
+        opt = jgd.flat(opt)
     result = time_update(opt, params, repeats=args.repeats)
     roof = roofline_gb_per_s(max(result["num_params"], 1000), repeats=args.repeats)
     print(f"{'opt':<10} {'tree':<10} {'params':>10} {'leaves':>7} {'us/step':>10} {'MB/step':>8} {'GB/s':>7} {'% roofline':>10}")
-    print(f"{args.opt:<10} {args.tree:<10} {result['num_params']:>10} {result['num_leaves']:>7} "
+    name = f"flat({args.opt})" if args.flat else args.opt
+    print(f"{name:<10} {args.tree:<10} {result['num_params']:>10} {result['num_leaves']:>7} "
           f"{result['us_per_step']:>10.1f} {result['bytes_per_step'] / 1e6:>8.1f} {result['gb_per_s']:>7.1f} "
           f"{100 * result['gb_per_s'] / roof:>9.0f}%")
     return result

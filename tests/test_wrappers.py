@@ -24,22 +24,26 @@ def steps(opt, params, n=20):
     return run(opt, params, grad, n)
 
 
+@pytest.mark.parametrize("pack_below", [None, 0, 4])
 @pytest.mark.parametrize("name", SMOOTH)
-def test_flat_equals_the_rule_it_wraps(name):
+def test_flat_equals_the_rule_it_wraps(name, pack_below):
     make = SMOOTH[name][0]
     params = two_dtype_tree()
     expected, _ = steps(make(0.05), params)
-    actual, state = steps(jgd.flat(make(0.05)), params)
+    actual, state = steps(jgd.flat(make(0.05), pack_below=pack_below), params)
     for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
         assert a.dtype == e.dtype
         # Same arithmetic; XLA may vectorize one layout and not the other (FMA), so
         # allow a few units in the last place over 20 steps.
         ulp = 10 * float(jnp.finfo(a.dtype).eps)
         np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(e, np.float64), rtol=ulp, atol=ulp)
-    buffers = [x for x in jax.tree.leaves(state.inner) if jnp.ndim(x) == 1]
-    assert {x.dtype for x in buffers} <= {jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)}
-    # one buffer per dtype and moment: every moment of 6 leaves lives in 2 buffers
-    assert len(buffers) % 2 == 0 and len(buffers) <= 4
+    moments = [x for x in state.inner if isinstance(x, dict)]
+    for moment in moments:
+        sizes = {name: x.size for name, x in moment.items()}
+        if pack_below == 4:  # leaves of >= 4 entries keep their own buffer
+            assert sizes == {"bfloat16": 0, "bfloat16:3": 6, "float32": 5, "float32:1": 12, "float32:5": 8}
+        else:  # one buffer per dtype
+            assert sizes == {"bfloat16": 6, "float32": 25}
 
 
 def test_flat_global_norm_rules_agree_to_rounding():
@@ -60,6 +64,11 @@ def test_flat_under_minimize_and_vmap():
         one = jgd.minimize(quadratic_loss, params, jgd.momentum(lr), steps=50).params
         for a, e in zip(jax.tree.leaves(batched), jax.tree.leaves(one)):
             np.testing.assert_allclose(a[i], e, rtol=1e-6, atol=1e-6)
+
+
+def test_flat_rejects_a_bad_pack_below():
+    with pytest.raises(ValueError, match="pack_below"):
+        jgd.flat(jgd.sgd(0.1), pack_below=-1)
 
 
 def test_flat_rejects_a_state_made_for_other_params():
