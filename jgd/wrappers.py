@@ -252,15 +252,16 @@ def _skip_update(hp, updates, state, params=None, **extra):
 def flat(opt, pack_below: int | None = None) -> optax.GradientTransformationExtraArgs:
     r"""The rule ``opt`` over one contiguous buffer per dtype: same numbers, fewer kernels.
 
-    ``init`` lays the params out as ``{buffer name: 1-D buffer}`` and keeps ``opt``'s
-    state in that layout for good, so the state is never raveled again. Each ``update``
+    ``init`` lays the params out as ``{buffer name: buffer}`` (one 1-D buffer per dtype
+    for the packed leaves) and keeps ``opt``'s state in that layout for good, so the
+    state is never raveled again. Each ``update``
     joins the gradients (and params, when given) into those buffers, runs ``opt`` once
     per buffer, and cuts the updates back into the params' tree. On a tree of hundreds
     of small leaves the rule runs as one fused kernel per dtype instead of one per leaf.
 
     Joining costs a copy of the gradients and of the updates, which only pays where the
     per-leaf kernel overhead is larger: leaves with at least ``pack_below`` entries keep
-    a buffer of their own (raveling one leaf is free). The default, ``None``, packs
+    a buffer of their own (the leaf itself, in its own shape). The default, ``None``, packs
     every leaf on GPU and TPU, and leaves under 16,384 entries on CPU (measured in
     ``benchmarks/update_step.py``: a ~200-leaf tree of 1e5 params runs 1.4-1.9× faster
     flat on 2 CPU cores, while packing 1e7 params costs more than it saves there).
@@ -290,7 +291,7 @@ _CPU_PACK_BELOW = 2**14
 
 
 class FlatState(NamedTuple):
-    inner: Any  # ``opt``'s state over ``{buffer name: 1-D buffer}``
+    inner: Any  # ``opt``'s state over ``{buffer name: buffer}``
     layout: Static  # the buffer name of every params leaf, in order
 
 
@@ -305,11 +306,16 @@ def _groups(params, pack_below=0):
     return names
 
 
+def _own(name):
+    return ":" in name
+
+
 def _join(tree, groups):
-    """One 1-D buffer per group, holding the leaves of ``tree`` in order."""
+    """One 1-D buffer per shared group, holding its leaves in order; a leaf with a group
+    of its own is its own buffer, unraveled (so XLA sees exactly the per-leaf program)."""
     pieces = {}
     for name, leaf in zip(groups, jax.tree.leaves(tree)):
-        pieces.setdefault(name, []).append(jnp.ravel(leaf))
+        pieces.setdefault(name, []).append(leaf if _own(name) else jnp.ravel(leaf))
     return {
         name: parts[0] if len(parts) == 1 else jnp.concatenate(parts)
         for name, parts in pieces.items()
@@ -322,6 +328,9 @@ def _split(buffers, like, groups):
     offsets = dict.fromkeys(buffers, 0)
     out = []
     for name, leaf in zip(groups, leaves):
+        if _own(name):
+            out.append(buffers[name])
+            continue
         shape = jnp.shape(leaf)
         size = math.prod(shape)
         start = offsets[name]

@@ -1,0 +1,82 @@
+"""Renders the committed results/*.json as the markdown tables of benchmarks/README.md.
+
+    python benchmarks/_tables.py
+"""
+
+import json
+import pathlib
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+LABELS = ["jgd", "jgd.flat", "optax", "torch-forloop", "torch-foreach", "torch-fused"]
+
+
+def load(name):
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def update_step(data):
+    rows = data["results"]["rows"]
+    out = []
+    for tree in dict.fromkeys(r["tree"] for r in rows):
+        sub = [r for r in rows if r["tree"] == tree]
+        first = sub[0]
+        out.append(f"\n**{tree}** — {first['params']:,} params in {first['leaves']} leaves; "
+                   f"in-run roofline {first['roofline_gb_per_s']:.0f} GB/s. "
+                   "Cells: ms/step (speed vs optax); jgd's % of roofline last.\n")
+        out.append("| variant | " + " | ".join(LABELS) + " | jgd % roofline |")
+        out.append("|---" * (len(LABELS) + 2) + "|")
+        for variant in dict.fromkeys(r["variant"] for r in sub):
+            cells = []
+            for label in LABELS:
+                r = next((r for r in sub if r["variant"] == variant and r["contender"] == label), None)
+                cells.append("–" if r is None else f"{r['us_per_step'] / 1e3:.2f} ({r['speedup_vs_optax']:.2f}×)")
+            ours = next(r for r in sub if r["variant"] == variant and r["contender"] == "jgd")
+            out.append(f"| {variant} | " + " | ".join(cells) + f" | {ours['pct_roofline']:.0f}% |")
+    return "\n".join(out)
+
+
+def compile_time(data):
+    out = ["| contender | compile s (median of fresh processes) |", "|---|---|"]
+    for name, r in data["results"]["results"].items():
+        out.append(f"| {name} | {r['median_s']:.2f} |")
+    return "\n".join(out)
+
+
+def minimize_vs_loop(data):
+    out = ["| model | params | examples | Python loop | minimize | fori_loop floor | speed-up | bound |",
+           "|---|---|---|---|---|---|---|---|"]
+    for name, r in data["results"].items():
+        s = r["seconds"]
+        out.append(f"| {name} | {r['params']:,} | {r.get('examples', '')} | {1e3 * s['python_loop']:.0f} ms | "
+                   f"{1e3 * s['minimize']:.0f} ms | {1e3 * s['fori_floor']:.0f} ms | "
+                   f"{r['speedup']:.1f}× | {r['speedup_bound']:.1f}× |")
+    return "\n".join(out)
+
+
+def sweep_vs_sequential(data):
+    out = ["| problem | sweep | 64 sequential minimize | Python-loop user code | vs sequential | vs Python loop |",
+           "|---|---|---|---|---|---|"]
+    probe = None
+    for name, r in data["results"].items():
+        s = r["seconds"]
+        if "chunk-probe" in name:
+            probe = s
+            continue
+        out.append(f"| {name} | {s['sweep']:.2f} s | {s['sequential']:.2f} s | {s['python_loop']:.2f} s | "
+                   f"{r['speedup_vs_sequential']:.1f}× | {r['speedup_vs_python_loop']:.1f}× |")
+    if probe:
+        out += ["", "| MLP sweep, chunk size | " + " | ".join(probe) + " |",
+                "|---" * (len(probe) + 1) + "|",
+                "| seconds | " + " | ".join(f"{v:.2f}" for v in probe.values()) + " |"]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    for name, render in (("update_step", update_step), ("compile_time", compile_time),
+                         ("minimize_vs_loop", minimize_vs_loop), ("sweep_vs_sequential", sweep_vs_sequential)):
+        data = load(name)
+        if data:
+            print(f"\n### {name} ({data['machine']['date']}, {data['machine']['cpu_count']} cores, "
+                  f"{data['machine']['backend']}, jax {data['machine']['jax']})\n")
+            print(render(data))
