@@ -12,7 +12,8 @@ import numpy as np
 import optax
 
 from jgd._transform import as_hyperparameter, global_norm, unwrap
-from jgd.wrappers import apply_updates
+from jgd.wrappers import FlatState, apply_updates, as_buffers, join_buffers, split_buffers
+from jgd._transform import Static
 
 __all__ = ["minimize", "Result", "LoopState"]
 
@@ -137,7 +138,10 @@ def minimize(
         part of the compilation cache key (the optimizer, params and data are not).
       params: the initial params, a pytree of floating arrays.
       opt: any optax ``GradientTransformation``; jgd optimizers are arguments of the
-        compiled program, so another learning rate does not recompile.
+        compiled program, so another learning rate does not recompile. With
+        ``jgd.flat(inner)`` the params stay ``flat`` buffers for the whole loop (the
+        update and ``apply_updates`` run once per buffer instead of once per leaf);
+        ``Result.params`` and ``best_params`` come back as the params' tree.
       steps: the maximum number of steps.
       data: a pytree of arrays sharing a leading example axis of size ``n``.
       batch_size: ``None`` → full-batch GD; ``1`` → SGD; ``b`` → mini-batch GD. Batches
@@ -197,6 +201,13 @@ def minimize(
             raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
     if key is None:
         key = jax.random.key(0)
+    buffers = as_buffers(opt, params)
+    if buffers is not None:
+        return _minimize_on_buffers(
+            fun, params, *buffers, steps=steps, data=data, batch_size=batch_size,
+            microbatches=microbatches, key=key, tol=tol, has_aux=has_aux,
+            init_state=init_state, progress=progress,
+        )
     if tol is None:
         tol = np.float32(-1.0)
     elif not isinstance(tol, jax.core.Tracer):
@@ -211,6 +222,43 @@ def minimize(
     finally:
         if progress:
             _Progress.close()
+
+
+class _OnBuffers:
+    """``fun`` of the params' tree, called with the params as ``jgd.flat`` buffers.
+    Hashable by value, so it is a stable part of the compilation cache key."""
+
+    def __init__(self, fun, like, layout):
+        self.fun, self.layout = fun, layout
+        self.treedef = jax.tree.structure(like)
+        self.shapes = tuple((jnp.shape(x), jnp.result_type(x).name) for x in jax.tree.leaves(like))
+
+    def _key(self):
+        return (self.fun, self.treedef, self.shapes, self.layout)
+
+    def __eq__(self, other):
+        return isinstance(other, _OnBuffers) and self._key() == other._key()
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def __call__(self, buffers, *batch):
+        like = jax.tree.unflatten(self.treedef, [jax.ShapeDtypeStruct(s, d) for s, d in self.shapes])
+        return self.fun(split_buffers(buffers, like, self.layout), *batch)
+
+
+def _minimize_on_buffers(fun, params, inner, layout, *, init_state, **kwargs):
+    """``minimize`` with ``jgd.flat(inner)``: the params stay ``jgd.flat`` buffers for the
+    whole loop, so the update and ``apply_updates`` run once per buffer, not per leaf."""
+    if isinstance(init_state, LoopState) and isinstance(init_state.opt_state, FlatState):
+        init_state = init_state._replace(opt_state=init_state.opt_state.inner)
+    elif isinstance(init_state, FlatState):
+        init_state = init_state.inner
+    r = minimize(_OnBuffers(fun, params, layout), join_buffers(params, layout), inner,
+                 init_state=init_state, **kwargs)
+    state = r.state._replace(opt_state=FlatState(inner=r.state.opt_state, layout=Static(layout)))
+    return r._replace(params=split_buffers(r.params, params, layout), state=state,
+                      best_params=split_buffers(r.best_params, params, layout))
 
 
 class _Config(NamedTuple):

@@ -339,12 +339,32 @@ def _split(buffers, like, groups):
     return jax.tree.unflatten(treedef, out)
 
 
-def _flat_init(hp, params):
+def _layout(hp, params):
     pack_below = hp.pack_below
     if pack_below is None:
         pack_below = _CPU_PACK_BELOW if jax.default_backend() == "cpu" else 0
-    groups = _groups(params, pack_below)
-    return FlatState(inner=hp.opt.init(_join(params, groups)), layout=Static(tuple(groups)))
+    return tuple(_groups(params, pack_below))
+
+
+def _flat_init(hp, params):
+    groups = _layout(hp, params)
+    return FlatState(inner=hp.opt.init(_join(params, groups)), layout=Static(groups))
+
+
+def as_buffers(opt, params):
+    """For ``opt = flat(inner)``: ``(inner, layout)``, so a descent loop can keep the
+    params as buffers throughout (``join``/``split`` below); ``None`` for any other
+    optimizer."""
+    update = getattr(opt, "update", None)
+    args = getattr(update, "args", ())
+    if not (len(args) >= 2 and isinstance(args[0], Static) and args[0].value is _flat_update):
+        return None
+    hp = args[1]
+    return hp.opt, _layout(hp, params)
+
+
+join_buffers = _join
+split_buffers = _split
 
 
 def _flat_update(hp, updates, state, params=None, **extra):

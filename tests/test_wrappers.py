@@ -1,6 +1,8 @@
 """flat(opt) and skip_nonfinite(opt) against the rules they wrap and against optax;
 boundary errors of every factory in problems.FACTORIES."""
 
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -195,3 +197,51 @@ def test_skip_nonfinite_and_flat_reject_non_optimizers():
         jgd.skip_nonfinite(0.1)
     with pytest.raises(TypeError, match="opt"):
         jgd.flat("adam")
+
+
+# --------------------------------------------------------------------------- flat params in minimize and sweep
+
+
+def mixed_batch_loss(params, batch):
+    X, y = batch
+    w = jnp.concatenate([params["dense"]["w"].reshape(-1), params["stack"][0].reshape(-1)])[:16]
+    return jnp.mean(jnp.square(X @ w - y)) + quadratic_loss(params)
+
+
+def regression_data():
+    rng = np.random.default_rng(0)
+    X = jnp.asarray(rng.normal(size=(64, 16)), jnp.float32)
+    return X, X @ jnp.asarray(rng.normal(size=16), jnp.float32)
+
+
+def test_minimize_keeps_flat_params_throughout_and_equals_the_rule():
+    minimize_module = importlib.import_module("jgd.minimize")  # the module, not the function
+    params, data = mixed_tree(), regression_data()
+    kwargs = dict(steps=60, data=data, batch_size=16, key=jax.random.key(1))
+    plain = jgd.minimize(mixed_batch_loss, params, jgd.adam(0.02), **kwargs)
+    flat = jgd.minimize(mixed_batch_loss, params, jgd.flat(jgd.adam(0.02)), **kwargs)
+    for a, e in zip(jax.tree.leaves((flat.params, flat.best_params)), jax.tree.leaves((plain.params, plain.best_params))):
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(flat.losses, plain.losses, rtol=1e-5)
+    assert isinstance(flat.state.opt_state, jgd.wrappers.FlatState)
+    assert set(flat.state.opt_state.inner.mu) == {"float32"}  # one buffer for the whole tree
+
+    # another learning rate reuses the program; resuming is bit exact
+    before = minimize_module._loop._cache_size()
+    jgd.minimize(mixed_batch_loss, params, jgd.flat(jgd.adam(0.05)), **kwargs)
+    assert minimize_module._loop._cache_size() == before
+    half = dict(kwargs, steps=30)
+    first = jgd.minimize(mixed_batch_loss, params, jgd.flat(jgd.adam(0.02)), **half)
+    second = jgd.minimize(mixed_batch_loss, first.params, jgd.flat(jgd.adam(0.02)),
+                          **dict(half, key=first.key), init_state=first.state)
+    for a, e in zip(jax.tree.leaves(second.params), jax.tree.leaves(flat.params)):
+        np.testing.assert_array_equal(a, e)
+
+
+def test_sweep_with_a_flat_factory_equals_the_plain_sweep():
+    params, data = mixed_tree(), regression_data()
+    grid = {"learning_rate": [0.01, 0.05], "beta": [0.0, 0.9]}
+    kwargs = dict(steps=40, data=data, batch_size=16, key=jax.random.key(2), seeds=2)
+    plain = jgd.sweep(mixed_batch_loss, params, jgd.momentum, grid, **kwargs)
+    flat = jgd.sweep(mixed_batch_loss, params, lambda learning_rate, beta: jgd.flat(jgd.momentum(learning_rate, beta)), grid, **kwargs)
+    np.testing.assert_allclose(flat.losses, plain.losses, rtol=1e-5, atol=1e-6)
