@@ -44,13 +44,14 @@ def compile_time(data):
 
 
 def minimize_vs_loop(data):
-    out = ["| model | params | examples | Python loop | minimize | fori_loop floor | speed-up | bound |",
-           "|---|---|---|---|---|---|---|---|"]
+    out = ["| model | params (leaves) | examples | Python loop | minimize | minimize, flat(adam) | "
+           "fori_loop floor | speed-up | flat speed-up | bound |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in data["results"].items():
         s = r["seconds"]
-        out.append(f"| {name} | {r['params']:,} | {r.get('examples', '')} | {1e3 * s['python_loop']:.0f} ms | "
-                   f"{1e3 * s['minimize']:.0f} ms | {1e3 * s['fori_floor']:.0f} ms | "
-                   f"{r['speedup']:.1f}× | {r['speedup_bound']:.1f}× |")
+        out.append(f"| {name} | {r['params']:,} ({r['leaves']}) | {r['examples']} | {1e3 * s['python_loop']:.0f} ms | "
+                   f"{1e3 * s['minimize']:.0f} ms | {1e3 * s['minimize_flat']:.0f} ms | {1e3 * s['fori_floor']:.0f} ms | "
+                   f"{r['speedup']:.1f}× | {r['speedup_flat']:.1f}× | {r['speedup_bound']:.1f}× |")
     return "\n".join(out)
 
 
