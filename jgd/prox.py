@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jgd._transform import check_scalar
@@ -64,6 +65,11 @@ def box(lower, upper):
     for name, value in (("lower", lower), ("upper", upper)):
         if not jax.tree.leaves(value):
             raise ValueError(f"{name} must be a number or a pytree of arrays, got {value!r}")
+        if not isinstance(value, (dict, list, tuple)):
+            check_scalar(name, value)
+    scalars = [v for v in (lower, upper) if not isinstance(v, (dict, list, tuple, jax.core.Tracer))]
+    if len(scalars) == 2 and np.any(np.asarray(lower) > np.asarray(upper)):
+        raise ValueError(f"lower must be <= upper, got lower={lower!r}, upper={upper!r}")
     return jax.tree_util.Partial(_box, lower, upper)
 
 

@@ -325,18 +325,36 @@ def _join(tree, groups):
 def _split(buffers, like, groups):
     """The inverse of :func:`_join`: leaves shaped like ``like`` cut from ``buffers``."""
     leaves, treedef = jax.tree.flatten(like)
-    offsets = dict.fromkeys(buffers, 0)
-    out = []
+    shapes = {}
     for name, leaf in zip(groups, leaves):
-        if _own(name):
-            out.append(buffers[name])
-            continue
-        shape = jnp.shape(leaf)
-        size = math.prod(shape)
-        start = offsets[name]
-        out.append(jax.lax.slice_in_dim(buffers[name], start, start + size).reshape(shape))
-        offsets[name] = start + size
+        if not _own(name):
+            shapes.setdefault(name, []).append(tuple(jnp.shape(leaf)))
+    pieces = {name: iter(_unpack(tuple(s), buffers[name])) for name, s in shapes.items()}
+    out = [buffers[name] if _own(name) else next(pieces[name]) for name in groups]
     return jax.tree.unflatten(treedef, out)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _unpack(shapes, buffer):
+    """Consecutive slices of ``buffer`` reshaped to ``shapes``. Its gradient is one
+    concatenation (XLA would otherwise add up one zero-padded buffer per slice)."""
+    out, start = [], 0
+    for shape in shapes:
+        size = math.prod(shape)
+        out.append(jax.lax.slice_in_dim(buffer, start, start + size).reshape(shape))
+        start += size
+    return out
+
+
+def _unpack_fwd(shapes, buffer):
+    return _unpack(shapes, buffer), None
+
+
+def _unpack_bwd(shapes, _, cotangents):
+    return (jnp.concatenate([jnp.ravel(c) for c in cotangents]) if cotangents else jnp.zeros((0,)),)
+
+
+_unpack.defvjp(_unpack_fwd, _unpack_bwd)
 
 
 def _layout(hp, params):

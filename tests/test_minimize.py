@@ -178,6 +178,8 @@ def test_progress_bar(capsys):
         (dict(data=(X, Y), batch_size=4, steps=5, fun=batch_loss), ValueError, "key"),
         (dict(tol=-1.0, steps=5), ValueError, "tol"),
         (dict(opt="adam", steps=5), TypeError, "opt"),
+        (dict(init_state=jgd.adam(0.1).init({"other": jnp.zeros(3)}), opt=jgd.adam(0.1), steps=5),
+         ValueError, "tree structure"),
     ],
 )
 def test_bad_input(kwargs, error, match):
@@ -193,3 +195,13 @@ def test_optax_closures_work_too():
     with oracle():  # optax's own code needs standard promotion
         r = jgd.minimize(full_loss, W0, optax.adam(0.05), steps=2000)
     np.testing.assert_allclose(r.params, W_STAR, atol=2e-3)
+
+
+def test_numpy_inputs_are_not_mutated():
+    params, X_np, Y_np = np.array(W0), np.array(X), np.array(Y)
+    copies = params.copy(), X_np.copy(), Y_np.copy()
+    jgd.minimize(batch_loss, params, jgd.momentum(0.1), steps=20, data=(X_np, Y_np), batch_size=8, key=KEY)
+    jgd.sweep(batch_loss, params, jgd.sgd, {"learning_rate": [0.1, 0.2]}, steps=5, data=(X_np, Y_np),
+              batch_size=8, key=KEY)
+    for before, after in zip(copies, (params, X_np, Y_np)):
+        np.testing.assert_array_equal(before, after)

@@ -61,6 +61,17 @@ def test_subgradient_errors():
         opt.update(jnp.ones(2), opt.init(jnp.ones(2)), jnp.ones(2))
 
 
+def test_prox_errors():
+    with pytest.raises(ValueError, match="lower must be <= upper"):
+        jgd.prox.box(1.0, -1.0)
+    with pytest.raises(TypeError, match="lower"):
+        jgd.prox.box("a", 1.0)
+    with pytest.raises(ValueError, match="strength"):
+        jgd.prox.l1(-0.1)
+    with pytest.raises(ValueError, match="radius"):
+        jgd.prox.l2_ball(float("nan"))
+
+
 def _lad_run(opt, A, b, steps):
     def fun(x):
         return jnp.sum(jnp.abs(A @ x - b))
