@@ -21,8 +21,10 @@ def update_step(data):
     for tree in dict.fromkeys(r["tree"] for r in rows):
         sub = [r for r in rows if r["tree"] == tree]
         first = sub[0]
+        roof = first["roofline_gb_per_s"]
+        roof = f"{roof:.0f} GB/s" if roof >= 1 else "dispatch-bound, not meaningful"
         out.append(f"\n**{tree}** — {first['params']:,} params in {first['leaves']} leaves; "
-                   f"in-run roofline {first['roofline_gb_per_s']:.0f} GB/s. "
+                   f"in-run roofline {roof}. "
                    "Cells: ms/step (speed vs optax); jgd's % of roofline last.\n")
         out.append("| variant | " + " | ".join(LABELS) + " | jgd % roofline |")
         out.append("|---" * (len(LABELS) + 2) + "|")
