@@ -255,6 +255,7 @@ FACTORIES = {
     "skip_nonfinite": (lambda lr: jgd.skip_nonfinite(jgd.momentum(lr)), "skip"),
     "flat": (lambda lr: jgd.flat(jgd.adam(lr)), "leaf"),
     "flat_adamw": (lambda lr: jgd.flat(jgd.adamw(lr)), "leaf"),
+    "flat_own_buffers": (lambda lr: jgd.flat(jgd.rmsprop(lr), pack_below=8), "leaf"),
 }
 
 # Public callables that are not optimizer factories (the completeness test skips them).

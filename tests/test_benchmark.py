@@ -18,6 +18,7 @@ def test_time_update_reports_positive_consistent_figures(tree):
     r = time_update(jgd.adam(1e-3), params, repeats=3, warmup=1)
     n = sum(x.size for x in jax.tree.leaves(params))
     assert r["num_params"] == n and r["us_per_step"] > 0 and r["gb_per_s"] > 0
+    assert r["roofline_gb_per_s"] > 0 and r["pct_roofline"] > 0
     # Adam reads params, grads, m, v and writes params, m, v: 7 float32 arrays, plus
     # its int32 step count read and written.
     assert r["bytes_per_step"] == 7 * 4 * n + 2 * 4
