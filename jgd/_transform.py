@@ -143,7 +143,15 @@ def _update(update_fn, hp, updates, state, params=None, **extra):
     updates = jax.tree.map(jnp.asarray, updates)
     if params is not None:
         params = jax.tree.map(jnp.asarray, params)
-    return update_fn.value(hp, updates, state, params, **extra)
+    try:
+        return update_fn.value(hp, updates, state, params, **extra)
+    except AttributeError as error:
+        if getattr(error, "obj", None) is state:  # a state from another optimizer
+            raise TypeError(
+                f"state is a {type(state).__name__}, which has no {error.name!r}: pass the "
+                "state made by this optimizer's init"
+            ) from None
+        raise
 
 
 def check_array_leaves(name: str, tree):

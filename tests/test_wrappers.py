@@ -185,6 +185,12 @@ def test_a_string_leaf_is_a_type_error_naming_it(name):
         opt.update({"a": jnp.ones(2), "b": "oops"}, state, {"a": jnp.ones(2), "b": jnp.ones(1)})
 
 
+def test_a_state_of_another_optimizer_is_a_type_error_naming_it():
+    params = {"a": jnp.ones(3)}
+    with pytest.raises(TypeError, match="MomentumState.*init"):
+        jgd.adam(0.1).update(params, jgd.momentum(0.1).init(params), params)
+
+
 def test_a_list_of_floats_is_fine():
     opt = jgd.momentum(0.1)
     params = [1.0, 2.0]
