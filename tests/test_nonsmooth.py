@@ -1,6 +1,8 @@
 """Subgradient step rules, proximal operators, ISTA and FISTA against closed forms,
 scipy's linprog and nnls, scikit-learn's Lasso and Beck–Teboulle's bound."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -211,3 +213,18 @@ def test_vmap_over_learning_rate_and_one_compile(make):
         opt = jgd.proximal_gradient(0.1, jgd.prox.l1(strength))
         step(opt, x0, opt.init(x0))
     assert counter.count == 1
+
+
+def test_proximal_state_can_be_donated_with_the_params():
+    # init used to put the params' own buffers in the state: donating both failed with
+    # "Attempt to donate the same buffer twice".
+    params = jnp.ones(4)
+    opt = jgd.proximal_gradient(0.1, prox=jgd.prox.l1(0.01), accelerated=True)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(p, s):
+        u, s = opt.update(p, s, p)
+        return jgd.apply_updates(p, u), s
+
+    p, s = step(params, opt.init(params))
+    assert bool(jnp.all(jnp.isfinite(p)))
