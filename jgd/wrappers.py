@@ -148,6 +148,21 @@ def _decay_update(hp, updates, state, params=None, **extra):
     )
 
 
+def _zero_unless(flag, updates):
+    """``updates`` where ``flag`` holds, zeros otherwise (a select XLA fuses, no cond)."""
+    return jax.tree.map(lambda u: jnp.where(flag, u, jnp.zeros_like(u)), updates)
+
+
+def _keep_unless(flag, new_state, old_state):
+    """``new_state`` where ``flag`` holds, else ``old_state``; every leaf keeps the old
+    state's dtype, so an inner rule that promotes (bf16 state, f32 grads) still fits."""
+    return jax.tree.map(
+        lambda new, old: jnp.where(flag, jnp.asarray(new).astype(jnp.result_type(old)), old),
+        new_state,
+        old_state,
+    )
+
+
 class AccumulateState(NamedTuple):
     micro_step: jax.Array
     gradient_sum: Any
@@ -188,8 +203,8 @@ def _accumulate_update(hp, updates, state, params=None, **extra):
     emit = state.micro_step == every - 1
     mean = jax.tree.map(lambda s, g: (s / every).astype(g.dtype), gradient_sum, updates)
     inner_updates, inner_state = opt.update(mean, state.inner, params, **extra)
-    updates = jax.tree.map(lambda u: jnp.where(emit, u, jnp.zeros_like(u)), inner_updates)
-    inner_state = optax.tree.where(emit, inner_state, state.inner)
+    updates = _zero_unless(emit, inner_updates)
+    inner_state = _keep_unless(emit, inner_state, state.inner)
     gradient_sum = jax.tree.map(
         lambda s: jnp.where(emit, jnp.zeros_like(s), s), gradient_sum
     )
@@ -238,14 +253,9 @@ def _skip_update(hp, updates, state, params=None, **extra):
     opt = optax.with_extra_args_support(hp.opt)
     finite = _all_finite((updates, extra.get("value")))
     inner_updates, inner_state = opt.update(updates, state.inner, params, **extra)
-    inner_updates = jax.tree.map(lambda u: jnp.where(finite, u, jnp.zeros_like(u)), inner_updates)
-    inner_state = jax.tree.map(
-        lambda new, old: jnp.where(finite, jnp.asarray(new).astype(jnp.result_type(old)), old),
-        inner_state,
-        state.inner,
-    )
-    return inner_updates, SkipNonfiniteState(
-        inner=inner_state, skipped=state.skipped + (~finite).astype(jnp.int32)
+    return _zero_unless(finite, inner_updates), SkipNonfiniteState(
+        inner=_keep_unless(finite, inner_state, state.inner),
+        skipped=state.skipped + (~finite).astype(jnp.int32),
     )
 
 
@@ -352,7 +362,7 @@ def _unpack_fwd(shapes, buffer):
 
 
 def _unpack_bwd(shapes, _, cotangents):
-    return (jnp.concatenate([jnp.ravel(c) for c in cotangents]) if cotangents else jnp.zeros((0,)),)
+    return (jnp.concatenate([jnp.ravel(c) for c in cotangents]),)
 
 
 _unpack.defvjp(_unpack_fwd, _unpack_bwd)
