@@ -11,9 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jgd._transform import as_hyperparameter, global_norm, unwrap
+from jgd._transform import Static, as_hyperparameter, global_norm, unwrap
 from jgd.wrappers import FlatState, apply_updates, as_buffers, join_buffers, split_buffers
-from jgd._transform import Static
 
 __all__ = ["minimize", "Result", "LoopState"]
 
@@ -230,11 +229,10 @@ class _OnBuffers:
 
     def __init__(self, fun, like, layout):
         self.fun, self.layout = fun, layout
-        self.treedef = jax.tree.structure(like)
-        self.shapes = tuple((jnp.shape(x), jnp.result_type(x).name) for x in jax.tree.leaves(like))
+        self.like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), like)
 
     def _key(self):
-        return (self.fun, self.treedef, self.shapes, self.layout)
+        return (self.fun, jax.tree.structure(self.like), tuple(jax.tree.leaves(self.like)), self.layout)
 
     def __eq__(self, other):
         return isinstance(other, _OnBuffers) and self._key() == other._key()
@@ -243,8 +241,7 @@ class _OnBuffers:
         return hash(self._key())
 
     def __call__(self, buffers, *batch):
-        like = jax.tree.unflatten(self.treedef, [jax.ShapeDtypeStruct(s, d) for s, d in self.shapes])
-        return self.fun(split_buffers(buffers, like, self.layout), *batch)
+        return self.fun(split_buffers(buffers, self.like, self.layout), *batch)
 
 
 def _minimize_on_buffers(fun, params, inner, layout, *, init_state, **kwargs):

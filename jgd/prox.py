@@ -67,8 +67,8 @@ def box(lower, upper):
             raise ValueError(f"{name} must be a number or a pytree of arrays, got {value!r}")
         if not isinstance(value, (dict, list, tuple)):
             check_scalar(name, value)
-    scalars = [v for v in (lower, upper) if not isinstance(v, (dict, list, tuple, jax.core.Tracer))]
-    if len(scalars) == 2 and np.any(np.asarray(lower) > np.asarray(upper)):
+    concrete = not any(isinstance(v, (dict, list, tuple, jax.core.Tracer)) for v in (lower, upper))
+    if concrete and np.any(np.asarray(lower) > np.asarray(upper)):
         raise ValueError(f"lower must be <= upper, got lower={lower!r}, upper={upper!r}")
     return jax.tree_util.Partial(_box, lower, upper)
 
