@@ -12,19 +12,17 @@ Writes results/update_step.json, and update_step.png when matplotlib is installe
 
 import argparse
 import os
-import statistics
-import time
 
 # torch's OpenMP workers otherwise spin after each step and slow the next contender.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from _common import HERE, write
+from _common import HERE, interleaved, write
 
 import jax
 import optax
 
 import jgd
-from jgd.benchmark import bytes_per_step, make_tree, median_seconds, roofline_runner, update_runner
+from jgd.benchmark import bytes_per_step, make_tree, roofline_runner, update_runner
 
 VARIANTS = {
     "sgd": (lambda: jgd.sgd(1e-3), lambda: optax.sgd(1e-3)),
@@ -86,19 +84,6 @@ def jax_contender(opt, params):
     return run
 
 
-def interleave(contenders, rounds, repeats):
-    """Median seconds per call of each zero-argument callable, timed in turn."""
-    times = {name: [] for name in contenders}
-    for _ in range(rounds):
-        for name, fn in contenders.items():
-            fn()
-            for _ in range(repeats):
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def main(size, smoke, quick):
     repeats = 2 if smoke else (5 if quick else 10)
     rounds = 1 if smoke else 3
@@ -127,7 +112,7 @@ def main(size, smoke, quick):
                 "roofline": roofline,
             }
             contenders.update(torch_contenders(name, params))
-            t = interleave(contenders, rounds, repeats)
+            t = interleaved(contenders, rounds, per_round=repeats)
             roof_gb_s = 3 * 4 * max(n, 1000) / t.pop("roofline") / 1e9
             moved = bytes_per_step(ours(), params)
             for label, seconds in t.items():
