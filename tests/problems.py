@@ -27,6 +27,12 @@ def oracle():
         yield
 
 
+def assert_trees_close(actual, expected, rtol=1e-5, atol=1e-6):
+    assert jax.tree.structure(actual) == jax.tree.structure(expected)
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(e, np.float64), rtol=rtol, atol=atol)
+
+
 # --------------------------------------------------------------------------- pytrees
 
 

@@ -13,6 +13,7 @@ from problems import (
     NUMERIC_HPARAMS,
     SMOOTH,
     TraceCounter,
+    assert_trees_close,
     mixed_tree,
     oracle,
     parabola,
@@ -25,11 +26,6 @@ from problems import (
 grad = jax.grad(quadratic_loss)
 LR = 0.01
 
-
-def assert_trees_close(actual, expected, rtol=1e-5, atol=1e-6):
-    assert jax.tree.structure(actual) == jax.tree.structure(expected)
-    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
-        np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(e, np.float64), rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("name", SMOOTH)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from problems import FACTORIES, SMOOTH, mixed_tree, oracle, quadratic_loss, run
+from problems import FACTORIES, SMOOTH, assert_trees_close, mixed_tree, oracle, quadratic_loss, run
 
 import jgd
 
@@ -53,8 +53,7 @@ def test_flat_global_norm_rules_agree_to_rounding():
     opt = jgd.chain(jgd.clip_by_global_norm(0.5), jgd.adam(0.1))
     expected, _ = steps(opt, params)
     actual, _ = steps(jgd.flat(opt), params)
-    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
-        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
+    assert_trees_close(actual, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_flat_under_minimize_and_vmap():
@@ -64,8 +63,7 @@ def test_flat_under_minimize_and_vmap():
     batched = jax.vmap(run)(lrs)
     for i, lr in enumerate(lrs):
         one = jgd.minimize(quadratic_loss, params, jgd.momentum(lr), steps=50).params
-        for a, e in zip(jax.tree.leaves(batched), jax.tree.leaves(one)):
-            np.testing.assert_allclose(a[i], e, rtol=1e-6, atol=1e-6)
+        assert_trees_close(jax.tree.map(lambda x: x[i], batched), one, rtol=1e-6, atol=1e-6)
 
 
 def test_flat_rejects_a_bad_pack_below():
@@ -112,8 +110,7 @@ def test_skip_nonfinite_matches_optax_apply_if_finite():
     with oracle():
         p_ref, s_ref = loop(theirs, optax.apply_updates, grads)
     p, s = loop(ours, jgd.apply_updates, grads)
-    for a, e in zip(jax.tree.leaves(p), jax.tree.leaves(p_ref)):
-        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
+    assert_trees_close(p, p_ref, rtol=1e-5, atol=1e-6)
     assert int(s.skipped) == int(s_ref.total_notfinite) == 4
     assert int(s.inner.count) == 8
 
@@ -226,8 +223,7 @@ def test_minimize_keeps_flat_params_throughout_and_equals_the_rule():
     kwargs = dict(steps=60, data=data, batch_size=16, key=jax.random.key(1))
     plain = jgd.minimize(mixed_batch_loss, params, jgd.adam(0.02), **kwargs)
     flat = jgd.minimize(mixed_batch_loss, params, jgd.flat(jgd.adam(0.02)), **kwargs)
-    for a, e in zip(jax.tree.leaves((flat.params, flat.best_params)), jax.tree.leaves((plain.params, plain.best_params))):
-        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
+    assert_trees_close((flat.params, flat.best_params), (plain.params, plain.best_params), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(flat.losses, plain.losses, rtol=1e-5)
     assert isinstance(flat.state.opt_state, jgd.wrappers.FlatState)
     assert set(flat.state.opt_state.inner.mu) == {"float32"}  # one buffer for the whole tree
