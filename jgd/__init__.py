@@ -2,11 +2,13 @@
 
 from jgd import prox
 from jgd.adaptive import adagrad, adam, adamw, rmsprop
+from jgd.evaluation import Eval
 from jgd.minimize import LoopState, Result, minimize
 from jgd.sweep import SweepResult, sweep
 from jgd.nonsmooth import subgradient
 from jgd.proximal import proximal_gradient
 from jgd.smooth import momentum, nesterov, sgd
+from jgd.flat import flat
 from jgd.wrappers import (
     accumulate,
     add_decayed_weights,
@@ -14,7 +16,6 @@ from jgd.wrappers import (
     chain,
     clip,
     clip_by_global_norm,
-    flat,
     skip_nonfinite,
 )
 
@@ -30,6 +31,7 @@ __all__ = [
     "chain",
     "clip",
     "clip_by_global_norm",
+    "Eval",
     "flat",
     "LoopState",
     "Result",

@@ -1,8 +1,16 @@
-"""``jgd.minimize``: the whole descent loop as one compiled program."""
+"""``jgd.minimize``: the whole descent loop as one compiled program.
+
+The loop's story, one step: sample the batch (``_sampling``), value and gradient
+(averaged over micro-batches), update, record, stop. Steps run in segments of a fixed
+length (a ``lax.scan``), so per-step records leave the loop as scan outputs and the
+once-per-segment work — writing the records, held-out evaluation (``evaluation``),
+the stopping test — is paid once per segment, not once per step.
+"""
 
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 from typing import Any, Callable, NamedTuple
 
@@ -11,19 +19,27 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jgd import _sampling
 from jgd._transform import Static, as_hyperparameter, global_norm, unwrap
-from jgd.wrappers import FlatState, apply_updates, as_buffers, join_buffers, split_buffers
+from jgd.evaluation import Best, Eval, EvalConfig
+from jgd.flat import FlatState, join, layout, split
+from jgd.wrappers import apply_updates
 
 __all__ = ["minimize", "Result", "LoopState"]
 
+# Steps per segment without evaluation: long enough that the per-segment work is
+# amortised, short enough that the masked tail of the last segment costs little.
+_SEGMENT = 32
+
 
 class LoopState(NamedTuple):
-    """What a run needs to continue exactly: the optimizer state and where the
-    mini-batch sampler is inside the current epoch."""
+    """What a run needs to continue exactly: the optimizer state, the number of steps
+    taken so far (the sampler's position, the evaluation schedule and the per-step keys
+    all follow from it) and the best iterate so far."""
 
     opt_state: Any
-    permutation: jax.Array  # the current epoch's order of examples (empty: full batch)
-    position: jax.Array  # batches of this epoch already used
+    step: jax.Array
+    best: Best
 
 
 class Result(NamedTuple):
@@ -33,9 +49,12 @@ class Result(NamedTuple):
     update and ``grad_norms[t]`` its gradient's global norm; entries past the stop are NaN.
     ``num_steps`` counts the recorded entries, the step that met ``tol`` or turned
     non-finite included (no update is applied at that step). ``best_params`` are the
-    params with the lowest recorded loss, ``best_loss`` that loss. ``state`` and ``key``
-    continue the run: ``minimize(fun, r.params, opt, init_state=r.state, key=r.key, ...)``.
-    ``aux`` is the auxiliary output of the last recorded step (``has_aux=True``).
+    params with the lowest recorded loss (or, with ``Eval(monitor=...)``, the best value of
+    that metric), ``best_loss`` that value and ``best_step`` the number of steps taken to
+    reach them. ``evals`` maps each metric to its values at ``eval_steps`` (NaN past the
+    stop). ``state`` and ``key`` continue the run: ``minimize(fun, r.params, opt,
+    init_state=r.state, key=r.key, ...)``. ``aux`` is the auxiliary output of the last
+    recorded step (``has_aux=True``), or of every step with ``record_aux=True``.
     """
 
     params: Any
@@ -49,6 +68,12 @@ class Result(NamedTuple):
     best_params: Any
     best_loss: jax.Array
     aux: Any = None
+    stopped_early: Any = None
+    best_step: Any = None
+    model_state: Any = None
+    best_model_state: Any = None
+    evals: Any = None
+    eval_steps: Any = None
 
 
 def _leading_size(name, data):
@@ -76,41 +101,86 @@ def _check_int(name, value, lower):
     return int(value)
 
 
+def _check_bool(name, value):
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+
+
+_SPLIT_HINT = (
+    "; keep only arrays in the params: split a model first, e.g. "
+    "params, static = eqx.partition(model, eqx.is_inexact_array) (equinox) or "
+    "graphdef, params, rest = nnx.split(model, nnx.Param, ...) (flax.nnx), and pass "
+    "non-trainable arrays as model_state"
+)
+
+
 def _check_params(params):
     leaves = jax.tree.leaves(params)
     if not leaves:
         raise ValueError(f"params must hold at least one array, got {params!r}")
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        where = f"params{jax.tree_util.keystr(path)}"
         try:
             dtype = jnp.result_type(leaf)
         except TypeError:
-            raise TypeError(f"params{jax.tree_util.keystr(path)} must be an array, got {leaf!r}") from None
-        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"{where} must be an array, got {leaf!r}{_SPLIT_HINT}") from None
+        if not jnp.issubdtype(dtype, jnp.inexact):
             raise TypeError(
-                f"params{jax.tree_util.keystr(path)} must be floating to be differentiated, "
-                f"got dtype {dtype}; cast it, e.g. params.astype(jnp.float32)"
+                f"{where} must be floating to be differentiated, got dtype {dtype}: cast it "
+                "(params.astype(jnp.float32)) if it is a parameter, or pass it in model_state "
+                "if it is not trained"
             )
 
 
-def _check_loss(fun, params, batch, has_aux):
+def _check_model_state(model_state):
+    for path, leaf in jax.tree_util.tree_flatten_with_path(model_state)[0]:
+        try:
+            jnp.result_type(leaf)
+        except TypeError:
+            raise TypeError(
+                f"model_state{jax.tree_util.keystr(path)} must be an array, got {leaf!r}"
+            ) from None
+
+
+def _spec(tree):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), tree)
+
+
+def _check_loss(config, params, model_state, batch, key):
     """Traces ``fun`` abstractly once to give user mistakes a clear error."""
-    spec = lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))  # noqa: E731
-    args = (params,) if batch is None else (params, batch)
-    out = jax.eval_shape(fun, *jax.tree.map(spec, args))
-    if has_aux:
+    args = (params,) + ((model_state,) if config.has_model_state else ())
+    args += (() if batch is None else (batch,)) + ((key,) if config.with_key else ())
+    out = jax.eval_shape(config.fun, *args)
+    pair = config.has_aux or config.has_model_state
+    if pair:
+        what = ("(loss, (new_model_state, aux)) with has_aux=True and model_state="
+                if config.has_aux and config.has_model_state
+                else "(loss, new_model_state) with model_state=" if config.has_model_state
+                else "a (loss, aux) pair with has_aux=True")
         if not (isinstance(out, (tuple, list)) and len(out) == 2):
-            raise ValueError(
-                "has_aux=True but fun does not return a (loss, aux) pair; "
-                f"it returned {out!r}"
-            )
-        out = out[0]
+            raise ValueError(f"fun must return {what}; it returned {out!r}")
+        if config.has_aux and config.has_model_state and not (
+                isinstance(out[1], (tuple, list)) and len(out[1]) == 2):
+            raise ValueError(f"fun must return {what}; it returned {out!r}")
+        loss = out[0]
     elif isinstance(out, (tuple, list)):
         raise ValueError(
             f"fun returned a {type(out).__name__} of {len(out)}; pass has_aux=True if it "
-            "returns (loss, aux)"
+            "returns (loss, aux), or model_state= if it returns (loss, new_model_state)"
         )
-    if not hasattr(out, "shape") or out.shape != () or not jnp.issubdtype(out.dtype, jnp.floating):
-        raise ValueError(f"fun must return a scalar floating loss, got {out!r}")
+    else:
+        loss = out
+    if not hasattr(loss, "shape") or loss.shape != () or not jnp.issubdtype(loss.dtype, jnp.floating):
+        raise ValueError(f"fun must return a scalar floating loss, got {loss!r}")
+    if config.has_model_state:
+        new_state = out[1][0] if config.has_aux else out[1]
+        if jax.tree.structure(new_state) != jax.tree.structure(model_state) or any(
+                (a.shape, a.dtype) != (b.shape, b.dtype)
+                for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(_spec(model_state)))):
+            raise ValueError(
+                "fun's new model_state must match the model_state it was given (same tree, "
+                f"shapes and dtypes); got {new_state!r} for {_spec(model_state)!r}"
+            )
 
 
 def minimize(
@@ -125,14 +195,19 @@ def minimize(
     key=None,
     tol=None,
     has_aux: bool = False,
+    model_state=None,
+    with_key: bool = False,
+    evaluate: Eval | None = None,
+    record_aux: bool = False,
     init_state=None,
     progress: bool = False,
 ) -> Result:
-    """Minimizes ``fun`` with ``opt`` in one compiled ``lax.while_loop``.
+    """Minimizes ``fun`` with ``opt`` in one compiled program.
 
     Args:
-      fun: ``fun(params)`` or, with ``data``, ``fun(params, batch)`` returning a scalar
-        loss (or ``(loss, aux)`` with ``has_aux=True``). A batch keeps the leading axis,
+      fun: ``fun(params[, model_state][, batch][, key])`` returning a scalar loss; with
+        ``has_aux`` ``(loss, aux)``; with ``model_state`` ``(loss, new_model_state)``, or
+        ``(loss, (new_model_state, aux))`` with both. A batch keeps the leading axis,
         also for ``batch_size=1``. Reuse the same function object between calls: it is
         part of the compilation cache key (the optimizer, params and data are not).
       params: the initial params, a pytree of floating arrays.
@@ -144,19 +219,27 @@ def minimize(
       steps: the maximum number of steps.
       data: a pytree of arrays sharing a leading example axis of size ``n``.
       batch_size: ``None`` → full-batch GD; ``1`` → SGD; ``b`` → mini-batch GD. Batches
-        are drawn on device from ``key``: a fresh permutation each epoch, cut into
-        ``n // b`` batches, so within an epoch every example is used at most once; when
-        ``n % b != 0`` the last ``n % b`` examples of each permutation are left out of
-        that epoch (each is equally likely to be left out).
+        are drawn on device from ``key`` at O(b) cost a step: each epoch visits the
+        examples in a fresh random order, cut into ``n // b`` batches, so within an
+        epoch every example is used at most once; when ``n % b != 0`` the last ``n % b``
+        of each epoch's order are left out of that epoch.
       microbatches: splits each batch into this many equal slices whose gradients are
         averaged in a ``lax.scan`` (the same gradient as the whole batch for a mean
-        loss, with less memory). Must divide the batch size.
-      key: a PRNG key for the sampler (required with ``batch_size``).
+        loss, with less memory; ``model_state`` threads through the slices). Must
+        divide the batch size.
+      key: a PRNG key for the sampler and the per-step keys (required with
+        ``batch_size``; default ``jax.random.key(0)`` otherwise).
       tol: stop when the gradient's global norm is ``<= tol`` (``converged=True``).
       has_aux: ``fun`` returns ``(loss, aux)``.
+      model_state: non-trainable state (batch-norm statistics, …) threaded through the
+        loop and never differentiated; ``Result.model_state`` is its final value.
+      with_key: pass ``fun`` a typed PRNG key of its own at every step (every
+        micro-batch), derived from ``key`` (dropout).
+      evaluate: a :class:`jgd.Eval`: held-out metrics inside the loop.
+      record_aux: keep every step's aux, stacked on a leading ``(steps,)`` axis.
       init_state: continue a run from ``result.state`` (or start from an optimizer
         state made by ``opt.init``).
-      progress: show a tqdm progress bar fed from the device (at most ~20 updates).
+      progress: show a tqdm progress bar fed from the device.
 
     The loop also stops when the loss turns non-finite (``diverged=True``, no exception).
 
@@ -172,9 +255,16 @@ def minimize(
         raise TypeError(f"opt must be an optax GradientTransformation, got {opt!r}")
     steps = _check_int("steps", steps, 1)
     microbatches = _check_int("microbatches", microbatches, 1)
-    if not isinstance(has_aux, bool):
-        raise TypeError(f"has_aux must be a bool, got {has_aux!r}")
+    for name, value in (("has_aux", has_aux), ("with_key", with_key), ("record_aux", record_aux),
+                        ("progress", progress)):
+        _check_bool(name, value)
+    if record_aux and not has_aux:
+        raise ValueError("record_aux=True needs has_aux=True (fun must return (loss, aux))")
+    if evaluate is not None and not isinstance(evaluate, Eval):
+        raise TypeError(f"evaluate must be a jgd.Eval, got {evaluate!r}")
     _check_params(params)
+    if model_state is not None:
+        _check_model_state(model_state)
     if data is None:
         if batch_size is not None:
             raise ValueError(f"batch_size={batch_size!r} needs data to sample batches from")
@@ -198,26 +288,33 @@ def minimize(
         tol_ = np.asarray(tol)
         if tol_.shape or not np.isfinite(tol_) or tol_ < 0:
             raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    evaluation = None if evaluate is None else evaluate.static(steps)
+    eval_data = None if evaluate is None else evaluate.data
     if key is None:
         key = jax.random.key(0)
-    buffers = as_buffers(opt, params)
+    elif not jnp.issubdtype(jnp.result_type(key), jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)  # a raw uint32 key from jax.random.PRNGKey
+    buffers = layout(opt, params)
     if buffers is not None:
         return _minimize_on_buffers(
             fun, params, *buffers, steps=steps, data=data, batch_size=batch_size,
             microbatches=microbatches, key=key, tol=tol, has_aux=has_aux,
-            init_state=init_state, progress=progress,
+            model_state=model_state, with_key=with_key, evaluate=evaluate,
+            record_aux=record_aux, init_state=init_state, progress=progress,
         )
     if tol is None:
         tol = np.float32(-1.0)
     elif not isinstance(tol, jax.core.Tracer):
         tol = np.asarray(tol, np.float32)
-    config = _Config(fun, steps, batch_size, microbatches, has_aux, progress)
+    segment = evaluation.every if evaluation is not None else math.ceil(steps / math.ceil(steps / _SEGMENT))
+    config = _Config(fun, steps, segment, batch_size, microbatches, has_aux, model_state is not None,
+                     with_key, record_aux, evaluation, progress)
     # jgd optimizers are pytrees of numbers and stay arguments; an optax closure is static.
     opt = as_hyperparameter(optax.with_extra_args_support(opt))
     if progress:
         _Progress.start(steps)
     try:
-        return _loop(config, opt, params, init_state, key, data, tol)
+        return _loop(config, opt, params, model_state, init_state, key, data, eval_data, tol)
     finally:
         if progress:
             _Progress.close()
@@ -227,9 +324,9 @@ class _OnBuffers:
     """``fun`` of the params' tree, called with the params as ``jgd.flat`` buffers.
     Hashable by value, so it is a stable part of the compilation cache key."""
 
-    def __init__(self, fun, like, layout):
-        self.fun, self.layout = fun, layout
-        self.like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), like)
+    def __init__(self, fun, like, groups):
+        self.fun, self.layout = fun, groups
+        self.like = _spec(like)
 
     def _key(self):
         return (self.fun, jax.tree.structure(self.like), tuple(jax.tree.leaves(self.like)), self.layout)
@@ -240,30 +337,38 @@ class _OnBuffers:
     def __hash__(self):
         return hash(self._key())
 
-    def __call__(self, buffers, *batch):
-        return self.fun(split_buffers(buffers, self.like, self.layout), *batch)
+    def __call__(self, buffers, *rest):
+        return self.fun(split(buffers, self.like, self.layout), *rest)
 
 
-def _minimize_on_buffers(fun, params, inner, layout, *, init_state, **kwargs):
+def _minimize_on_buffers(fun, params, inner, groups, *, init_state, evaluate, **kwargs):
     """``minimize`` with ``jgd.flat(inner)``: the params stay ``jgd.flat`` buffers for the
     whole loop, so the update and ``apply_updates`` run once per buffer, not per leaf."""
     if isinstance(init_state, LoopState) and isinstance(init_state.opt_state, FlatState):
         init_state = init_state._replace(opt_state=init_state.opt_state.inner)
     elif isinstance(init_state, FlatState):
         init_state = init_state.inner
-    r = minimize(_OnBuffers(fun, params, layout), join_buffers(params, layout), inner,
-                 init_state=init_state, **kwargs)
-    state = r.state._replace(opt_state=FlatState(inner=r.state.opt_state, layout=Static(layout)))
-    return r._replace(params=split_buffers(r.params, params, layout), state=state,
-                      best_params=split_buffers(r.best_params, params, layout))
+    if evaluate is not None:
+        evaluate = Eval(_OnBuffers(evaluate.fun, params, groups), evaluate.data, evaluate.every,
+                        evaluate.monitor, evaluate.mode, evaluate.patience)
+    r = minimize(_OnBuffers(fun, params, groups), join(params, groups), inner,
+                 init_state=init_state, evaluate=evaluate, **kwargs)
+    state = r.state._replace(opt_state=FlatState(inner=r.state.opt_state, layout=Static(groups)))
+    return r._replace(params=split(r.params, params, groups), state=state,
+                      best_params=split(r.best_params, params, groups))
 
 
 class _Config(NamedTuple):
     fun: Callable
     steps: int
+    segment: int
     batch_size: int | None
     microbatches: int
     has_aux: bool
+    has_model_state: bool
+    with_key: bool
+    record_aux: bool
+    evaluation: EvalConfig | None
     progress: bool
 
 
@@ -279,11 +384,11 @@ class _Progress:
         cls.bar = tqdm(total=total, desc="minimize")
 
     @classmethod
-    def update(cls, step, loss):
+    def update(cls, done, loss):
         bar = cls.bar
         if bar is not None:
-            step = int(np.max(step))
-            bar.update(max(0, step - bar.n))
+            done = int(np.max(done))
+            bar.update(max(0, done - bar.n))
             bar.set_postfix(loss=float(np.min(loss)))
 
     @classmethod
@@ -293,162 +398,221 @@ class _Progress:
         cls.bar = None
 
 
-def _value_and_grad(config, params, batch):
-    """Loss, aux and gradient of a batch, averaged over micro-batches in a scan."""
-    fun = config.fun
-    if batch is None:
-        f = (lambda p: fun(p)) if config.has_aux else (lambda p: (fun(p), None))
-        (loss, aux), g = jax.value_and_grad(f, has_aux=True)(params)
-        return loss, aux, g
-    f = (lambda p, b: fun(p, b)) if config.has_aux else (lambda p, b: (fun(p, b), None))
-    value_and_grad = jax.value_and_grad(f, has_aux=True)
+def _call(config, params, model_state, batch, key):
+    """``fun`` in one form: ``(loss, (new_model_state, aux))``."""
+    args = (params,) + ((model_state,) if config.has_model_state else ())
+    args += (() if batch is None else (batch,)) + ((key,) if config.with_key else ())
+    out = config.fun(*args)
+    if config.has_model_state and config.has_aux:
+        return out[0], out[1]
+    if config.has_model_state:
+        return out[0], (out[1], None)
+    if config.has_aux:
+        return out[0], (model_state, out[1])
+    return out, (model_state, None)
+
+
+def _value_and_grad(config, params, model_state, batch, key):
+    """Loss, new model state, aux and gradient of a batch, averaged over micro-batches
+    in a scan (the model state threads through them, each gets its own key)."""
+    value_and_grad = jax.value_and_grad(
+        lambda p, s, b, k: _call(config, p, s, b, k), has_aux=True)
     m = config.microbatches
     if m == 1:
-        (loss, aux), g = value_and_grad(params, batch)
-        return loss, aux, g
+        (loss, (model_state, aux)), g = value_and_grad(params, model_state, batch, key)
+        return loss, model_state, aux, g
     slices = jax.tree.map(lambda x: x.reshape((m, x.shape[0] // m) + x.shape[1:]), batch)
+    keys = None if key is None else jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(m))
 
-    def body(total, micro):
-        (loss, aux), g = value_and_grad(params, micro)
-        total_loss, total_g = total
-        return (total_loss + loss, jax.tree.map(jnp.add, total_g, g)), aux
+    def body(carry, micro):
+        total_loss, total_g, state = carry
+        (loss, (state, aux)), g = value_and_grad(params, state, *micro)
+        return (total_loss + loss, jax.tree.map(jnp.add, total_g, g), state), aux
 
-    zero = (jnp.zeros((), jnp.result_type(jax.eval_shape(f, params, jax.tree.map(lambda x: x[0], slices))[0])),
-            jax.tree.map(jnp.zeros_like, params))
-    (loss, g), auxes = jax.lax.scan(body, zero, slices)
+    first = jax.tree.map(lambda x: x[0], slices)
+    loss_shape = jax.eval_shape(lambda: _call(config, params, model_state, first,
+                                              None if key is None else keys[0])[0])
+    zero = (jnp.zeros((), loss_shape.dtype), jax.tree.map(jnp.zeros_like, params), model_state)
+    (loss, g, model_state), auxes = jax.lax.scan(body, zero, (slices, keys))
     scale = 1.0 / m
     return (
         loss * jnp.asarray(scale, loss.dtype),
+        model_state,
         jax.tree.map(lambda x: x[-1], auxes),
         jax.tree.map(lambda x: x * jnp.asarray(scale, x.dtype), g),
     )
 
 
-def _next_batch(config, data, key, permutation, position):
-    if data is None:
-        return None, key, permutation, position
-    if config.batch_size is None:
-        return data, key, permutation, position
-    n = permutation.shape[0]
-    per_epoch = n // config.batch_size
-
-    def new_epoch(key):
-        key, sub = jax.random.split(key)
-        return key, jax.random.permutation(sub, n).astype(jnp.int32)
-
-    key, permutation = jax.lax.cond(
-        position == 0, new_epoch, lambda k: (k, permutation), key
-    )
-    index = jax.lax.dynamic_slice_in_dim(permutation, position * config.batch_size, config.batch_size)
-    batch = jax.tree.map(lambda x: jnp.take(x, index, axis=0), data)
-    return batch, key, permutation, (position + 1) % per_epoch
+def _select(flag, new, old):
+    return jax.tree.map(lambda a, b: jnp.where(flag, a, b), new, old)
 
 
-def _initial_state(config, opt, params, data, state):
-    if state is None:
-        state = opt.init(params)
+def _fill(tree, shape_prefix=()):
+    """NaN for floating leaves, 0 for the others, shaped ``shape_prefix + leaf shape``."""
+    def leaf(s):
+        fill = jnp.nan if jnp.issubdtype(s.dtype, jnp.inexact) else 0
+        return jnp.full(shape_prefix + s.shape, fill, s.dtype)
+
+    return jax.tree.map(leaf, tree)
+
+
+def _initial_state(config, opt, params, model_state, state, best_dtype):
     if isinstance(state, LoopState):
         return state
-    epoch = 0 if config.batch_size is None else jax.tree.leaves(data)[0].shape[0]
-    return LoopState(state, jnp.arange(epoch, dtype=jnp.int32), jnp.zeros([], jnp.int32))
+    if state is None:
+        state = opt.init(params)
+    worst = (config.evaluation.worst(best_dtype) if config.evaluation and config.evaluation.monitor
+             else jnp.asarray(jnp.inf, best_dtype))
+    zero = jnp.zeros([], jnp.int32)
+    return LoopState(state, zero, Best(params, model_state, worst, zero, zero))
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _loop(config, opt, params, state, key, data, tol):
+def _loop(config, opt, params, model_state, state, key, data, eval_data, tol):
     # Everything here runs once per compilation, so calling again costs no Python work.
     opt = unwrap(opt)
-    steps = config.steps
-    report_every = max(1, steps // 20)
-    if data is not None:
-        full = jax.tree.leaves(data)[0].shape[0] if config.batch_size is None else config.batch_size
-        sample = jax.tree.map(lambda x: x[: full // config.microbatches], data)
-    else:
-        sample = None
-    _check_loss(config.fun, params, sample, config.has_aux)
-    state = _initial_state(config, opt, params, data, state)
+    steps, segment, evaluation = config.steps, config.segment, config.evaluation
+    sample_key, step_key = jax.random.split(key)
+    first_batch = _sampling.batch_at(data, sample_key, jnp.zeros([], jnp.int32), config.batch_size)
+    micro = None if first_batch is None else jax.tree.map(
+        lambda x: x[: x.shape[0] // config.microbatches], first_batch)
+    _check_loss(config, params, model_state, micro, step_key)
+    out = jax.eval_shape(lambda p, s, b, k: _value_and_grad(config, p, s, b, k),
+                         params, model_state, first_batch, step_key if config.with_key else None)
+    loss_dtype, aux_shape = out[0].dtype, out[2]
+    metrics = None
+    if evaluation is not None:
+        metrics = evaluation.check(params, model_state, eval_data, config.has_model_state)
+    monitored = evaluation is not None and evaluation.monitor is not None
+    best_dtype = metrics[evaluation.monitor].dtype if monitored else loss_dtype
+    state = _initial_state(config, opt, params, model_state, state, best_dtype)
     tol = jnp.asarray(tol, jnp.float32)
-    # One abstract evaluation fixes the dtypes of the loss and the aux carried by the loop.
-    batch0, *_ = _next_batch(config, data, key, state.permutation, state.position)
-    loss_shape, aux_shape, _ = jax.eval_shape(lambda p, b: _value_and_grad(config, p, b), params, batch0)
-    loss_dtype = loss_shape.dtype
+    start = state.step
+    end = start + steps
     nan = jnp.asarray(jnp.nan, loss_dtype)
 
-    class Carry(NamedTuple):
-        t: jax.Array
+    class Step(NamedTuple):  # the carry of one step
+        t: jax.Array  # steps taken, over all calls
         params: Any
-        state: LoopState
-        key: jax.Array
-        losses: jax.Array
-        grad_norms: jax.Array
-        best_params: Any
-        best_loss: jax.Array
+        model_state: Any
+        opt_state: Any
+        best: Best
         converged: jax.Array
         diverged: jax.Array
         aux: Any
 
-    def cond(c):
-        return (c.t < steps) & ~c.converged & ~c.diverged
-
-    def body(c):
-        batch, key, permutation, position = _next_batch(
-            config, data, c.key, c.state.permutation, c.state.position
-        )
-        loss, aux, grads = _value_and_grad(config, c.params, batch)
+    def one_step(c, segment_end):
+        active = (c.t < segment_end) & ~c.converged & ~c.diverged
+        batch = _sampling.batch_at(data, sample_key, c.t, config.batch_size)
+        key = jax.random.fold_in(step_key, c.t) if config.with_key else None
+        loss, new_model_state, aux, grads = _value_and_grad(config, c.params, c.model_state, batch, key)
         norm = global_norm(grads)
-        diverged = ~jnp.isfinite(loss)
-        converged = ~diverged & (norm <= tol.astype(norm.dtype))
-        better = loss < c.best_loss
-        best_params = jax.tree.map(lambda b, p: jnp.where(better, p, b), c.best_params, c.params)
-        updates, opt_state = opt.update(grads, c.state.opt_state, c.params, value=loss)
-        new_params = apply_updates(c.params, updates)
-        stop = converged | diverged
+        diverged = active & ~jnp.isfinite(loss)
+        converged = active & ~diverged & (norm <= tol.astype(norm.dtype))
+        best = c.best
+        if not monitored:  # the best iterate by training loss
+            better = active & (loss < best.value)
+            best = _select(better, Best(c.params, c.model_state, loss, c.t, best.waiting), best)
+        updates, opt_state = opt.update(grads, c.opt_state, c.params, value=loss)
         # No update on the step that stops: the reported params are the ones that met tol.
-        params = jax.tree.map(lambda old, new: jnp.where(stop, old, new), c.params, new_params)
-        opt_state = jax.tree.map(lambda old, new: jnp.where(stop, old, new), c.state.opt_state, opt_state)
-        if config.progress:
-            jax.lax.cond(
-                ((c.t + 1) % report_every == 0) | (c.t + 1 == steps) | stop,
-                lambda: jax.debug.callback(_Progress.update, c.t + 1, loss),
-                lambda: None,
-            )
-        return Carry(
-            t=c.t + 1,
-            params=params,
-            state=LoopState(opt_state, permutation, position),
-            key=key,
-            losses=c.losses.at[c.t].set(loss),
-            grad_norms=c.grad_norms.at[c.t].set(norm.astype(loss_dtype)),
-            best_params=best_params,
-            best_loss=jnp.where(better, loss, c.best_loss),
-            converged=converged,
-            diverged=diverged,
-            aux=aux,
-        )
+        advance = active & ~converged & ~diverged
+        params = _select(advance, apply_updates(c.params, updates), c.params)
+        opt_state = _select(advance, opt_state, c.opt_state)
+        new_model_state = _select(advance, new_model_state, c.model_state)
+        record = (jnp.where(active, loss, nan), jnp.where(active, norm.astype(loss_dtype), nan))
+        if config.record_aux:
+            record += (_select(active, aux, _fill(aux_shape)),)
+            aux = None
+        else:
+            aux = _select(active, aux, c.aux)
+        return Step(c.t + active.astype(jnp.int32), params, new_model_state, opt_state, best,
+                    c.converged | converged, c.diverged | diverged, aux), record
 
+    # Records are written a segment at a time at offset (segment start - start); the
+    # buffers have room for a whole segment past the end, cut off on return.
+    room = steps + segment
+    num_evals = 0 if evaluation is None else steps // evaluation.every
+    first_eval = None if evaluation is None else (start // evaluation.every + 1) * evaluation.every
+
+    class Carry(NamedTuple):
+        step: Step
+        losses: jax.Array
+        grad_norms: jax.Array
+        aux: Any
+        evals: Any
+        stopped_early: jax.Array
+
+    def segment_body(c):
+        s = c.step
+        segment_start = s.t
+        segment_end = jnp.minimum(end, (segment_start // segment + 1) * segment)
+        s, record = jax.lax.scan(lambda s, _: one_step(s, segment_end), s, length=segment)
+        offset = segment_start - start
+        write = lambda buffer, rows: jax.lax.dynamic_update_slice_in_dim(buffer, rows, offset, 0)  # noqa: E731
+        losses, grad_norms = write(c.losses, record[0]), write(c.grad_norms, record[1])
+        aux = jax.tree.map(write, c.aux, record[2]) if config.record_aux else None
+        evals, stopped_early = c.evals, c.stopped_early
+        if evaluation is not None:
+            due = (s.t == segment_end) & (segment_end % evaluation.every == 0) & ~s.converged & ~s.diverged
+            values = jax.lax.cond(
+                due,
+                lambda: evaluation.metrics(s.params, s.model_state, eval_data, config.has_model_state),
+                lambda: {k: jnp.full((), jnp.nan, v.dtype) for k, v in metrics.items()},
+            )
+            index = (segment_end - first_eval) // evaluation.every
+            evals = {k: evals[k].at[index].set(jnp.where(due, values[k], evals[k][index]), mode="drop")
+                     for k in evals}
+            if monitored:
+                value = values[evaluation.monitor]
+                better = due & evaluation.improved(value, s.best.value)
+                waiting = jnp.where(due, jnp.where(better, 0, s.best.waiting + 1), s.best.waiting)
+                best = _select(better, Best(s.params, s.model_state, value, s.t, waiting),
+                               s.best._replace(waiting=waiting))
+                s = s._replace(best=best)
+                if evaluation.patience is not None:
+                    stopped_early = stopped_early | (due & (waiting >= evaluation.patience))
+        if config.progress:
+            jax.debug.callback(_Progress.update, s.t - start, losses[jnp.maximum(s.t - start - 1, 0)])
+        return Carry(s, losses, grad_norms, aux, evals, stopped_early)
+
+    def cond(c):
+        s = c.step
+        return (s.t < end) & ~s.converged & ~s.diverged & ~c.stopped_early
+
+    zero_aux = _fill(aux_shape)
     init = Carry(
-        t=jnp.zeros([], jnp.int32),
-        params=params,
-        state=state,
-        key=key,
-        losses=jnp.full((steps,), nan),
-        grad_norms=jnp.full((steps,), nan),
-        best_params=params,
-        best_loss=jnp.asarray(jnp.inf, loss_dtype),
-        converged=jnp.zeros([], bool),
-        diverged=jnp.zeros([], bool),
-        aux=jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shape),
+        step=Step(start, params, model_state, state.opt_state, state.best,
+                  jnp.zeros([], bool), jnp.zeros([], bool), None if config.record_aux else zero_aux),
+        losses=jnp.full((room,), nan),
+        grad_norms=jnp.full((room,), nan),
+        aux=_fill(aux_shape, (room,)) if config.record_aux else None,
+        evals=None if evaluation is None else {
+            k: jnp.full((num_evals,), jnp.nan, v.dtype) for k, v in metrics.items()},
+        stopped_early=jnp.zeros([], bool),
     )
-    c = jax.lax.while_loop(cond, body, init)
+    c = jax.lax.while_loop(cond, segment_body, init)
+    s = c.step
+    if config.record_aux:
+        aux = jax.tree.map(lambda x: x[:steps], c.aux)
+    else:
+        aux = s.aux if config.has_aux else None
     return Result(
-        params=c.params,
-        state=c.state,
-        key=c.key,
-        losses=c.losses,
-        grad_norms=c.grad_norms,
-        num_steps=c.t,
-        converged=c.converged,
-        diverged=c.diverged,
-        best_params=c.best_params,
-        best_loss=c.best_loss,
-        aux=c.aux if config.has_aux else None,
+        params=s.params,
+        state=LoopState(s.opt_state, s.t, s.best),
+        key=key,
+        losses=c.losses[:steps],
+        grad_norms=c.grad_norms[:steps],
+        num_steps=s.t - start,
+        converged=s.converged,
+        diverged=s.diverged,
+        best_params=s.best.params,
+        best_loss=s.best.value,
+        aux=aux,
+        stopped_early=c.stopped_early,
+        best_step=s.best.step,
+        model_state=s.model_state,
+        best_model_state=s.best.model_state,
+        evals=c.evals,
+        eval_steps=None if evaluation is None else first_eval + evaluation.every * jnp.arange(
+            num_evals, dtype=jnp.int32),
     )

@@ -225,7 +225,7 @@ def test_minimize_keeps_flat_params_throughout_and_equals_the_rule():
     flat = jgd.minimize(mixed_batch_loss, params, jgd.flat(jgd.adam(0.02)), **kwargs)
     assert_trees_close((flat.params, flat.best_params), (plain.params, plain.best_params), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(flat.losses, plain.losses, rtol=1e-5)
-    assert isinstance(flat.state.opt_state, jgd.wrappers.FlatState)
+    assert isinstance(flat.state.opt_state, importlib.import_module("jgd.flat").FlatState)
     assert set(flat.state.opt_state.inner.mu) == {"float32"}  # one buffer for the whole tree
 
     # another learning rate reuses the program; resuming is bit exact
