@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-import dataclasses
+import concurrent.futures
 import functools
 import inspect
 import itertools
 import math
-from typing import Any, Callable
+import os
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jgd.minimize import _check_int, minimize
+from jgd.evaluation import Eval
+from jgd.minimize import _check_bool, _check_int, minimize
+from jgd.sweep_result import SweepResult
 
 __all__ = ["sweep", "SweepResult"]
 
@@ -23,104 +26,9 @@ __all__ = ["sweep", "SweepResult"]
 # vmap and 1.2-1.35x in chunks of 8.
 _CPU_CHUNK_BYTES = 2 * 2**20
 
-
-@dataclasses.dataclass
-class SweepResult:
-    """The outcome of :func:`sweep` (plain numpy arrays; it pickles).
-
-    Attributes:
-      grid: the grid as given, each axis a 1-D numpy array.
-      hparams: each hyperparameter's value at every grid point, shaped ``grid_shape``.
-      losses: ``(*grid_shape, seeds, steps)``, NaN past each run's stop.
-      final_loss: ``(*grid_shape, seeds)``: each run's last recorded loss.
-      best_loss: ``(*grid_shape, seeds)``: each run's best recorded loss.
-      num_steps, converged, diverged: per run, as in :class:`jgd.Result`.
-    """
-
-    grid: dict
-    hparams: dict
-    losses: np.ndarray
-    final_loss: np.ndarray
-    best_loss: np.ndarray
-    num_steps: np.ndarray
-    converged: np.ndarray
-    diverged: np.ndarray
-
-    @property
-    def grid_shape(self):
-        return self.final_loss.shape[:-1]
-
-    def mean_final_loss(self):
-        """Mean over seeds of the final loss; inf where any seed is not finite."""
-        finite = np.isfinite(self.final_loss).all(-1)
-        return np.where(finite, np.where(finite[..., None], self.final_loss, 0).mean(-1), np.inf)
-
-    def best(self) -> dict:
-        """The grid point with the lowest mean final loss over seeds, among grid points
-        whose runs are all finite: its hyperparameters, ``final_loss`` and grid ``index``."""
-        mean = self.mean_final_loss()
-        if not np.isfinite(mean).any():
-            raise ValueError("no grid point has finite final losses for all seeds")
-        index = np.unravel_index(np.argmin(mean), mean.shape)
-        out = {k: v[index].item() for k, v in self.hparams.items()}
-        out.update(final_loss=float(mean[index]), index=tuple(int(i) for i in index))
-        return out
-
-    def table(self, top: int | None = None) -> str:
-        """A text table sorted by mean final loss (the best row marked ``*``)."""
-        mean = self.mean_final_loss()
-        spread = np.where(np.isfinite(mean), np.nan_to_num(self.final_loss, nan=0).std(-1), np.nan)
-        order = np.argsort(mean, axis=None, kind="stable")
-        if top is not None:
-            order = order[:top]
-        names = list(self.hparams)
-        header = " ".join(f"{n:>14}" for n in names) + f" {'final loss':>12} {'seed std':>10}"
-        lines = ["  " + header, "  " + "-" * len(header)]
-        best = np.argmin(mean) if np.isfinite(mean).any() else -1
-        for flat in order:
-            index = np.unravel_index(flat, mean.shape)
-            values = " ".join(f"{self.hparams[n][index]:>14.6g}" for n in names)
-            loss = "diverged" if not np.isfinite(mean[index]) else f"{mean[index]:.6g}"
-            mark = "*" if flat == best else " "
-            lines.append(f"{mark} {values} {loss:>12} {spread[index]:>10.3g}")
-        return "\n".join(lines)
-
-    def plot(self, path) -> None:
-        """Writes a PNG: loss curves coloured by learning rate (left) and final loss
-        against the first grid axis for each value of the others, seed spread shaded."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        names = list(self.hparams)
-        first = names[0]
-        fig, (curves, finals) = plt.subplots(1, 2, figsize=(12, 4.5))
-        lr_values = self.hparams[first]
-        finite = lr_values[np.isfinite(lr_values)]
-        norm = matplotlib.colors.LogNorm(vmin=max(finite.min(), 1e-12), vmax=max(finite.max(), 1e-12)) if (
-            finite.min() > 0) else matplotlib.colors.Normalize(finite.min(), finite.max())
-        cmap = plt.get_cmap("viridis")
-        for index in np.ndindex(*self.grid_shape):
-            curve = np.nanmean(np.where(np.isfinite(self.losses[index]), self.losses[index], np.nan), axis=0)
-            curves.plot(curve, color=cmap(norm(lr_values[index])), lw=0.7, alpha=0.8)
-        curves.set(yscale="log", xlabel="step", ylabel="loss (mean over seeds)", title=f"curves by {first}")
-        fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=curves, label=first)
-        axis = self.grid[first]
-        rest = [n for n in names if n != first]
-        loss = np.moveaxis(self.final_loss, 0, -2)  # (*other axes, first, seeds)
-        for other in np.ndindex(*loss.shape[:-2]):
-            runs = np.where(np.isfinite(loss[other]), loss[other], np.nan)
-            mean, low, high = np.nanmean(runs, -1), np.nanmin(runs, -1), np.nanmax(runs, -1)
-            label = ", ".join(f"{n}={self.grid[n][i]:g}" for n, i in zip(rest, other)) or "final loss"
-            finals.plot(axis, mean, marker=".", label=label)
-            finals.fill_between(axis, low, high, alpha=0.2)
-        finals.set(xscale="log" if np.all(axis > 0) else "linear", yscale="log", xlabel=first,
-                   ylabel="final loss", title="final loss (seed min-max shaded)")
-        finals.legend()
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+# The keywords of minimize that a sweep passes through to every run.
+_PASSED = ("steps", "data", "batch_size", "microbatches", "tol", "has_aux", "model_state",
+           "with_key", "evaluate", "record_aux")
 
 
 def _accepted_names(factory):
@@ -177,6 +85,37 @@ def _chunk_size(params_spec, runs_per_device):
     return int(min(chunk, runs_per_device))
 
 
+def _cpu_lanes():
+    """Cores this process may use. XLA:CPU runs one program's small kernels on one core
+    (measured: a 384-run sweep took the same time pinned to one core of two), while two
+    programs dispatched from two threads run side by side, so a one-device CPU sweep
+    splits its runs into one lane per core."""
+    if jax.default_backend() != "cpu" or jax.device_count() > 1:
+        return 1
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _check_kwargs(minimize_kwargs):
+    for name in minimize_kwargs:
+        if name not in _PASSED:
+            if name in ("key", "init_state", "progress"):
+                raise TypeError(f"sweep does not take {name}= (pass key= to sweep itself)")
+            raise TypeError(
+                f"sweep got an unexpected keyword {name}=; it takes fun, params, factory, grid, "
+                f"seeds, key, chunk_size, keep_params and minimize's {', '.join(_PASSED)}"
+            )
+    if "steps" not in minimize_kwargs:
+        raise TypeError("sweep needs steps=")
+    evaluate = minimize_kwargs.get("evaluate")
+    if evaluate is not None:
+        if not isinstance(evaluate, Eval):
+            raise TypeError(f"evaluate must be a jgd.Eval, got {evaluate!r}")
+        evaluate.static(_check_int("steps", minimize_kwargs["steps"], 1))
+
+
 def sweep(
     fun: Callable,
     params,
@@ -186,6 +125,7 @@ def sweep(
     seeds: int = 1,
     key=None,
     chunk_size: int | None = None,
+    keep_params: bool = True,
     **minimize_kwargs,
 ) -> SweepResult:
     """Runs :func:`jgd.minimize` for every point of ``grid`` × ``seeds`` as ONE program.
@@ -196,37 +136,46 @@ def sweep(
       factory: an optimizer factory, e.g. ``jgd.momentum``; called with each grid point.
       grid: ``{name: values}``; the Cartesian product of the axes is swept.
       seeds: runs per grid point; seed ``s`` uses ``jax.random.split(key, seeds)[s]``
-        for both ``params(k)`` and the mini-batch sampler.
+        for ``params(k)``, ``model_state(k)``, the mini-batch sampler and the per-step keys.
       key: PRNG key (default ``jax.random.key(0)``).
       chunk_size: runs vmapped together on one device; chunks run one after another
         inside the same program. Default: all runs on GPU/TPU; on CPU as many as keep a
         chunk's params and optimizer state within ~2 MiB of cache.
-      **minimize_kwargs: ``steps``, ``data``, ``batch_size``, ``microbatches``, ``tol``,
-        ``has_aux`` as for :func:`jgd.minimize`.
+      keep_params: keep every run's final and best params (and model state) in the
+        result; ``False`` keeps none (for models too large to keep one per run).
+      **minimize_kwargs: ``steps`` and any of ``data``, ``batch_size``,
+        ``microbatches``, ``tol``, ``has_aux``, ``model_state`` (a pytree or a function
+        ``key -> model_state``), ``with_key``, ``evaluate``, ``record_aux``, as for
+        :func:`jgd.minimize`.
 
     Run ``(i, s)`` equals ``minimize(fun, p, factory(**hparams_i), key=k_s, ...)`` with
     the grid values as float32 (float64 under x64) scalars. With several devices
     (``jax.devices()``, hosts joined by ``jax.distributed.initialize`` included) the run
-    axis is sharded over a 1-D mesh; every process gets the whole result. A diverging
-    run gives NaN/inf in its own row only.
+    axis is sharded over a 1-D mesh; every process gets the whole result. On one CPU
+    device the runs are split into one lane per core, run side by side. A diverging run
+    gives NaN/inf in its own row only.
 
     Example::
 
-      >>> s = jgd.sweep(loss, params, jgd.momentum,
-      ...               grid={"learning_rate": jnp.logspace(-3, 0, 16), "beta": [0.0, 0.9]},
-      ...               seeds=2, steps=200)
-      >>> print(s.table(top=5)); s.best()
+      >>> def loss(w):
+      ...     return jnp.sum((w - 1.0) ** 2)
+      >>> s = jgd.sweep(loss, jnp.zeros(2), jgd.momentum,
+      ...               grid={"learning_rate": [0.01, 0.1], "beta": [0.0, 0.9]}, steps=50)
+      >>> s.final_loss.shape  # (learning rates, betas, seeds)
+      (2, 2, 1)
+      >>> best = s.best()
+      >>> best["learning_rate"], best["beta"]
+      (0.1, 0.0)
+      >>> best["params"]  # the winner's trained params, no retraining
+      array([1., 1.], dtype=float32)
     """
     if not callable(factory):
         raise TypeError(f"factory must be an optimizer factory such as jgd.adam, got {factory!r}")
     seeds = _check_int("seeds", seeds, 1)
     if chunk_size is not None:
         chunk_size = _check_int("chunk_size", chunk_size, 1)
-    if "steps" not in minimize_kwargs:
-        raise TypeError("sweep needs steps=")
-    for name in ("key", "init_state", "progress"):
-        if name in minimize_kwargs:
-            raise TypeError(f"sweep does not take {name}= (pass key= to sweep itself)")
+    _check_bool("keep_params", keep_params)
+    _check_kwargs(minimize_kwargs)
     axes = _check_grid(factory, grid)
     if key is None:
         key = jax.random.key(0)
@@ -237,56 +186,85 @@ def sweep(
     points = np.stack(
         [np.asarray(v, dtype) for v in itertools.product(*axes.values())]
     )  # (G, H)
-    num_points = points.shape[0]
     seed_keys = jax.random.split(key, seeds)
+    result = _run(fun, params, factory, tuple(axes), points, seed_keys, chunk_size, keep_params,
+                  minimize_kwargs)
+    out = jax.tree.map(lambda x: x.reshape(grid_shape + (seeds,) + x.shape[1:]), result)
+    mesh_values = np.meshgrid(*axes.values(), indexing="ij")
+    evaluate = minimize_kwargs.get("evaluate")
+    return SweepResult.from_runs(
+        out, grid=axes, hparams={n: v for n, v in zip(axes, mesh_values)},
+        monitor=None if evaluate is None else evaluate.monitor,
+        mode="min" if evaluate is None else evaluate.mode,
+    )
+
+
+def _run(fun, params, factory, names, points, seed_keys, chunk_size, keep_params, minimize_kwargs):
+    """Every (point, seed) run as one program: ``{field: (points × seeds, ...)}`` in numpy,
+    runs ordered (point, seed)."""
+    seeds = seed_keys.shape[0]
     key_data = np.asarray(jax.random.key_data(seed_keys))
     run_points = np.repeat(points, seeds, axis=0)  # runs ordered (grid point, seed)
-    run_keys = np.tile(key_data, (num_points,) + (1,) * (key_data.ndim - 1))
+    run_keys = np.tile(key_data, (points.shape[0],) + (1,) * (key_data.ndim - 1))
     runs = run_points.shape[0]
 
     devices = jax.devices()
     num_devices = len(devices)
+    lanes = _cpu_lanes()
     per_device = -(-runs // num_devices)
     params_spec = jax.eval_shape(params, seed_keys[0]) if callable(params) else params
-    chunk = chunk_size or _chunk_size(params_spec, per_device)
+    chunk = chunk_size or _chunk_size(params_spec, -(-per_device // lanes))
     chunk = min(chunk, per_device)
-    per_device = -(-per_device // chunk) * chunk
+    lanes = max(1, min(lanes, -(-per_device // chunk)))
+    per_device = -(-per_device // (chunk * lanes)) * chunk * lanes
     total = per_device * num_devices
     # Padding repeats run 0; its copies are dropped below.
     pad = total - runs
     run_points = np.concatenate([run_points, np.repeat(run_points[:1], pad, 0)])
     run_keys = np.concatenate([run_keys, np.repeat(run_keys[:1], pad, 0)])
 
-    names = tuple(axes)
-    data = minimize_kwargs.pop("data", None)
-    program = _program(fun, params if callable(params) else None, factory, names,
-                       chunk, num_devices, tuple(sorted(minimize_kwargs.items())),
-                       jax.random.key_impl(seed_keys))
-    fixed_params = None if callable(params) else params
+    kwargs = dict(minimize_kwargs)
+    data = kwargs.pop("data", None)
+    model_state = kwargs.pop("model_state", None)
+    evaluate = kwargs.pop("evaluate", None)
+    eval_data = None if evaluate is None else evaluate.data
+    evaluation = None if evaluate is None else evaluate.static(kwargs["steps"])
+    tol = kwargs.pop("tol", None)
+    program = _program(fun, params if callable(params) else None, factory, names, chunk, num_devices,
+                       tuple(sorted(kwargs.items())), jax.random.key_impl(seed_keys),
+                       model_state if callable(model_state) else None, model_state is not None,
+                       evaluation, keep_params, tol is not None)
     mesh = Mesh(np.asarray(devices), ("runs",))
     shard = NamedSharding(mesh, PartitionSpec("runs"))
     replicated = NamedSharding(mesh, PartitionSpec())
-    run_points = _put(run_points, shard)
-    run_keys = _put(run_keys, shard)
-    fixed_params = jax.tree.map(lambda x: _put(np.asarray(x), replicated), fixed_params)
-    data = jax.tree.map(lambda x: _put(np.asarray(x), replicated), data)
-    out = program(mesh, run_points, run_keys, fixed_params, data)
-    out = jax.tree.map(_gather, out)
-    out = jax.tree.map(lambda x: x[:runs].reshape(grid_shape + (seeds,) + x.shape[1:]), out)
-    losses, num_steps, converged, diverged, best_loss = out
-    last = np.clip(num_steps - 1, 0, None)
-    final_loss = np.take_along_axis(losses, last[..., None], axis=-1)[..., 0]
-    mesh_values = np.meshgrid(*axes.values(), indexing="ij")
-    return SweepResult(
-        grid=axes,
-        hparams={n: v for n, v in zip(names, mesh_values)},
-        losses=losses,
-        final_loss=final_loss,
-        best_loss=best_loss,
-        num_steps=num_steps,
-        converged=converged,
-        diverged=diverged,
+    shared = jax.tree.map(
+        lambda x: _put(np.asarray(x), replicated),
+        (None if callable(params) else params, None if callable(model_state) else model_state,
+         data, eval_data, tol),
     )
+    lane_size = total // lanes
+    calls = [(_put(run_points[i:i + lane_size], shard), _put(run_keys[i:i + lane_size], shard))
+             + shared for i in range(0, total, lane_size)]
+    executable = _executable(program, mesh, *_signature(calls[0]))
+    if lanes == 1:
+        outs = [executable(*calls[0])]
+    else:
+        with concurrent.futures.ThreadPoolExecutor(lanes) as pool:
+            outs = list(pool.map(lambda args: jax.block_until_ready(executable(*args)), calls))
+    outs = [jax.tree.map(_gather, out) for out in outs]
+    return jax.tree.map(lambda *x: np.concatenate(x)[:runs], *outs)
+
+
+def _signature(args):
+    leaves, treedef = jax.tree.flatten(args)
+    return treedef, tuple(jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding) for x in leaves)
+
+
+@functools.lru_cache(maxsize=64)
+def _executable(program, mesh, treedef, specs):
+    """The program compiled once for these argument shapes, so that the lanes, started
+    together from several threads, share one compilation."""
+    return program.lower(mesh, *jax.tree.unflatten(treedef, specs)).compile()
 
 
 def _put(x, sharding):
@@ -305,31 +283,45 @@ def _gather(x):
 
 
 @functools.lru_cache(maxsize=64)
-def _program(fun, init_fn, factory, names, chunk, num_devices, kwargs, key_impl):
+def _program(fun, init_fn, factory, names, chunk, num_devices, kwargs, key_impl, state_fn,
+             has_model_state, evaluation, keep_params, has_tol):
     kwargs = dict(kwargs)
 
-    def one(point, key_data, fixed_params, data):
+    def one(point, key_data, fixed_params, fixed_state, data, eval_data, tol):
         key = jax.random.wrap_key_data(key_data, impl=key_impl)
         params = init_fn(key) if init_fn is not None else fixed_params
+        model_state = state_fn(key) if state_fn is not None else fixed_state
         opt = factory(**{n: point[i] for i, n in enumerate(names)})
-        r = minimize(fun, params, opt, key=key, data=data, **kwargs)
-        return r.losses, r.num_steps, r.converged, r.diverged, r.best_loss
+        evaluate = None if evaluation is None else Eval(
+            evaluation.fun, eval_data, evaluation.every, evaluation.monitor, evaluation.mode,
+            evaluation.patience)
+        r = minimize(fun, params, opt, key=key, data=data, evaluate=evaluate,
+                     model_state=model_state if has_model_state else None,
+                     tol=tol if has_tol else None, **kwargs)
+        out = dict(losses=r.losses, num_steps=r.num_steps, converged=r.converged,
+                   diverged=r.diverged, stopped_early=r.stopped_early, best_loss=r.best_loss,
+                   best_step=r.best_step, evals=r.evals, eval_steps=r.eval_steps, aux=r.aux)
+        if keep_params:
+            out.update(params=r.params, best_params=r.best_params)
+            if has_model_state:
+                out.update(model_state=r.model_state, best_model_state=r.best_model_state)
+        return out
 
-    def local(points, keys, fixed_params, data):
-        batched = jax.vmap(one, in_axes=(0, 0, None, None))
+    def local(points, keys, *shared):
+        batched = jax.vmap(one, in_axes=(0, 0) + (None,) * len(shared))
         shaped = lambda x: x.reshape((-1, chunk) + x.shape[1:])  # noqa: E731
-        out = jax.lax.map(lambda pk: batched(pk[0], pk[1], fixed_params, data), (shaped(points), shaped(keys)))
+        out = jax.lax.map(lambda pk: batched(pk[0], pk[1], *shared), (shaped(points), shaped(keys)))
         return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), out)
 
     @functools.partial(jax.jit, static_argnums=0)
-    def program(mesh, points, keys, fixed_params, data):
+    def program(mesh, points, keys, *shared):
         runs = PartitionSpec("runs")
         return jax.shard_map(
             local,
             mesh=mesh,
-            in_specs=(runs, runs, PartitionSpec(), PartitionSpec()),
+            in_specs=(runs, runs) + (PartitionSpec(),) * len(shared),
             out_specs=runs,
             check_vma=False,
-        )(points, keys, fixed_params, data)
+        )(points, keys, *shared)
 
     return program
