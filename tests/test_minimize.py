@@ -45,30 +45,58 @@ def test_stochastic_variants_converge_near_lstsq(batch_size, microbatches, lr):
     assert float(full_loss(r.params)) <= 1.03 * LOSS_STAR
 
 
-def test_every_example_once_per_epoch():
-    seen = []
-    data = (np.arange(12, dtype=np.float32)[:, None], np.arange(12, dtype=np.int32))
+def _recorded_batches(n, batch_size, steps, key=KEY, vmap_keys=None):
+    """The example indices of every step's batch, recorded through record_aux."""
+    data = (np.zeros((n, 1), np.float32), np.arange(n, dtype=np.int32))
 
     def loss(w, batch):
-        jax.debug.callback(lambda idx: seen.append(np.asarray(idx)), batch[1], ordered=True)
-        return jnp.sum(batch[0] @ w)
+        return jnp.sum(batch[0] @ w), batch[1]
 
-    # 12 examples, batches of 4: three batches an epoch, four epochs.
-    jgd.minimize(loss, jnp.zeros(1), jgd.sgd(0.1), steps=12, data=data, batch_size=4, key=KEY)
-    jax.effects_barrier()
-    batches = np.stack(seen)
-    assert batches.shape == (12, 4)
-    epochs = batches.reshape(4, 12)
-    for epoch in epochs:
-        assert sorted(epoch) == list(range(12))
-    assert len({tuple(e) for e in epochs}) > 1, "each epoch must draw a fresh permutation"
+    def run(k):
+        return jgd.minimize(loss, jnp.zeros(1), jgd.sgd(0.1), steps=steps, data=data, batch_size=batch_size,
+                            key=k, has_aux=True, record_aux=True).aux
 
-    # 12 examples, batches of 5: two batches an epoch, 10 distinct examples in each.
-    seen.clear()
-    jgd.minimize(loss, jnp.zeros(1), jgd.sgd(0.1), steps=6, data=data, batch_size=5, key=KEY)
-    jax.effects_barrier()
-    for epoch in np.stack(seen).reshape(3, 10):
-        assert len(set(epoch)) == 10
+    if vmap_keys is not None:
+        return np.asarray(jax.vmap(run)(vmap_keys))
+    return np.asarray(run(key))
+
+
+@pytest.mark.parametrize("n, b", [(12, 4), (12, 5), (1, 1), (100, 1), (1000, 32), (97, 96)])
+def test_epochs_from_recorded_batch_indices(n, b):
+    """Every example at most once per epoch (exactly once when b divides n), a fresh order
+    each epoch, all n examples seen over the epochs."""
+    per_epoch, epochs = n // b, 4
+    batches = _recorded_batches(n, b, per_epoch * epochs)
+    assert batches.shape == (per_epoch * epochs, b)
+    orders = batches.reshape(epochs, per_epoch * b)
+    for order in orders:
+        assert len(set(order)) == per_epoch * b and order.min() >= 0 and order.max() < n
+        if n % b == 0:
+            assert sorted(order) == list(range(n))
+    if per_epoch * b > 1:
+        assert len({tuple(o) for o in orders}) == epochs, "each epoch must have an order of its own"
+    if n % b:  # the examples left out differ between epochs, so all are eventually seen
+        assert len(set(batches.ravel())) == n if n <= 100 else True
+
+
+def test_sampler_is_uniform_over_positions():
+    """Where example 0 lands in an epoch's order is uniform over the n positions (a
+    chi-square test over 2,000 keys; 5 examples, 5 positions)."""
+    keys = jax.random.split(jax.random.key(7), 2000)
+    orders = _recorded_batches(5, 5, 1, vmap_keys=keys)[:, 0, :]
+    counts = np.bincount(np.argmax(orders == 0, axis=1), minlength=5)
+    from scipy import stats
+
+    assert stats.chisquare(counts).pvalue > 1e-3, counts
+
+
+def test_sampler_same_key_same_batches_and_vmap_equals_single_runs():
+    keys = jax.random.split(KEY, 3)
+    batched = _recorded_batches(50, 8, 20, vmap_keys=keys)
+    for i in range(3):
+        np.testing.assert_array_equal(batched[i], _recorded_batches(50, 8, 20, key=keys[i]))
+    np.testing.assert_array_equal(_recorded_batches(50, 8, 20), _recorded_batches(50, 8, 20))
+    assert not np.array_equal(batched[0], batched[1])
 
 
 def test_microbatches_equal_one_batch():

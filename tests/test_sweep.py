@@ -152,3 +152,148 @@ def test_two_processes_equal_one_process(result, tmp_path):
         assert "processes 2" in stdout
     for i in range(2):
         np.testing.assert_allclose(np.load(tmp_path / f"losses{i}.npy"), result.losses, rtol=1e-6, atol=1e-7)
+
+
+# --------------------------------------------------------------------------- held-out selection
+
+X_VAL = sweep_case.X[:16] + 0.5
+Y_VAL = sweep_case.Y[:16]
+
+
+def val_metrics(w, data):
+    r = data[0] @ w - data[1]
+    return {"mse": jnp.mean(r * r), "mae": jnp.mean(jnp.abs(r))}
+
+
+def loss_with_aux(w, batch):
+    r = batch[0] @ w - batch[1]
+    return 0.5 * jnp.mean(r * r), {"max": jnp.max(jnp.abs(r))}
+
+
+EVAL_GRID = {"learning_rate": [0.02, 0.1, 0.3], "beta": [0.0, 0.9]}
+EVAL_KWARGS = dict(steps=40, data=(sweep_case.X, sweep_case.Y), batch_size=8, has_aux=True,
+                   evaluate=jgd.Eval(val_metrics, (X_VAL, Y_VAL), every=10, monitor="mse"))
+
+
+@pytest.fixture(scope="module")
+def evaluated():
+    return jgd.sweep(loss_with_aux, sweep_case.init, jgd.momentum, EVAL_GRID, seeds=2,
+                     key=jax.random.key(5), **EVAL_KWARGS)
+
+
+@pytest.fixture(scope="module")
+def one_by_one():
+    """Every run of `evaluated` as its own minimize call: the oracle for the sweep."""
+    keys = jax.random.split(jax.random.key(5), 2)
+    runs = {}
+    for i, lr in enumerate(EVAL_GRID["learning_rate"]):
+        for j, beta in enumerate(EVAL_GRID["beta"]):
+            for s in range(2):
+                opt = jgd.momentum(jnp.float32(lr), jnp.float32(beta))
+                runs[i, j, s] = jgd.minimize(loss_with_aux, sweep_case.init(keys[s]), opt, key=keys[s], **EVAL_KWARGS)
+    return runs
+
+
+def test_params_evals_and_aux_equal_run_by_run_minimize(evaluated, one_by_one):
+    assert evaluated.params.shape == (3, 2, 2, 5) and evaluated.evals["mse"].shape == (3, 2, 2, 4)
+    np.testing.assert_array_equal(evaluated.eval_steps, [10, 20, 30, 40])
+    for (i, j, s), r in one_by_one.items():
+        at = (i, j, s)
+        for name, ours, theirs in [("params", evaluated.params[at], r.params),
+                                   ("best_params", evaluated.best_params[at], r.best_params),
+                                   ("mse", evaluated.evals["mse"][at], r.evals["mse"]),
+                                   ("mae", evaluated.evals["mae"][at], r.evals["mae"]),
+                                   ("best_loss", evaluated.best_loss[at], r.best_loss),
+                                   ("aux", evaluated.aux["max"][at], r.aux["max"])]:
+            np.testing.assert_allclose(ours, theirs, rtol=2e-6, atol=1e-7, err_msg=f"{name} at {at}")
+        assert evaluated.best_step[at] == int(r.best_step)
+
+
+def test_best_selects_on_held_out_data_and_returns_the_winners_params(evaluated, one_by_one):
+    """The oracle picks from the one-by-one runs: mean over seeds of each run's best mse."""
+    best_mse = np.array([[[float(one_by_one[i, j, s].best_loss) for s in range(2)] for j in range(2)]
+                         for i in range(3)])
+    i, j = np.unravel_index(np.argmin(best_mse.mean(-1)), (3, 2))
+    seed = int(np.argmin(best_mse[i, j]))
+    best = evaluated.best()
+    assert best["index"] == (i, j) and best["seed"] == seed
+    assert best["learning_rate"] == pytest.approx(EVAL_GRID["learning_rate"][i])
+    assert best["mse"] == pytest.approx(best_mse[i, j].mean(), rel=1e-5)
+    np.testing.assert_allclose(best["params"], one_by_one[i, j, seed].best_params, rtol=2e-6, atol=1e-7)
+
+    # by= an eval metric: each run's last evaluation; mode="max" flips the choice.
+    last_mae = np.array([[[float(one_by_one[i, j, s].evals["mae"][-1]) for s in range(2)] for j in range(2)]
+                         for i in range(3)])
+    for mode, pick in (("min", np.argmin), ("max", np.argmax)):
+        chosen = evaluated.best(by="mae", mode=mode)
+        assert chosen["index"] == np.unravel_index(pick(last_mae.mean(-1)), (3, 2))
+    final = np.array([[[float(one_by_one[i, j, s].losses[-1]) for s in range(2)] for j in range(2)]
+                      for i in range(3)])
+    assert evaluated.best(by="final_loss")["index"] == np.unravel_index(np.argmin(final.mean(-1)), (3, 2))
+    with pytest.raises(ValueError, match="accuracy"):
+        evaluated.best(by="accuracy")
+    with pytest.raises(ValueError, match="mode"):
+        evaluated.best(mode="up")
+
+
+def test_table_dataframe_and_plot_show_the_metrics(evaluated, tmp_path):
+    table = evaluated.table()
+    header = table.splitlines()[0]
+    for column in ("final loss", "mse", "mae", "best mse", "best step", "seed std"):
+        assert column in header
+    rows = table.splitlines()[2:]
+    assert len(rows) == 6 and rows[0].startswith("*")
+    best = evaluated.best()
+    assert f"{best['learning_rate']:.6g}" in rows[0]
+    frame = evaluated.to_dataframe()
+    assert len(frame) == 12 and {"learning_rate", "beta", "seed", "mse", "best_step", "diverged"} <= set(frame.columns)
+    row = frame[(frame.seed == 1)].iloc[0]
+    assert row.mse == pytest.approx(evaluated.evals["mse"][0, 0, 1, -1])
+    path = tmp_path / "sweep.png"
+    evaluated.plot(path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    back = pickle.loads(pickle.dumps(evaluated))
+    np.testing.assert_array_equal(back.params, evaluated.params)
+
+
+def test_keep_params_false_keeps_none():
+    s = jgd.sweep(loss_with_aux, sweep_case.init, jgd.momentum, EVAL_GRID, seeds=1, keep_params=False,
+                  **EVAL_KWARGS)
+    assert s.params is None and s.best_params is None and s.best()["params"] is None
+    assert s.evals["mse"].shape == (3, 2, 1, 4)
+
+
+def test_nan_in_one_run_never_touches_the_others_with_evaluation():
+    common = dict(seeds=1, key=jax.random.key(1), chunk_size=2, **EVAL_KWARGS)
+    with_bad = jgd.sweep(loss_with_aux, jnp.zeros(5), jgd.sgd, {"learning_rate": [0.01, 0.05, 1e6]}, **common)
+    without = jgd.sweep(loss_with_aux, jnp.zeros(5), jgd.sgd, {"learning_rate": [0.01, 0.05]}, **common)
+    assert with_bad.diverged[2, 0] and np.isnan(with_bad.evals["mse"][2, 0, -1])
+    np.testing.assert_array_equal(with_bad.evals["mse"][:2], without.evals["mse"])
+    np.testing.assert_array_equal(with_bad.params[:2], without.params)
+    assert with_bad.best()["learning_rate"] != 1e6
+
+
+def test_one_compilation_with_evaluation():
+    counter = TraceCounter(loss_with_aux)
+    run = lambda lrs: jgd.sweep(counter, jnp.zeros(5), jgd.adam, {"learning_rate": lrs}, seeds=2,  # noqa: E731
+                                **EVAL_KWARGS)
+    run([1e-3, 1e-2])
+    traced = counter.count
+    run([3e-3, 3e-2])
+    assert traced > 0 and counter.count == traced
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(eval_data=(X_VAL, Y_VAL)), TypeError, r"unexpected keyword eval_data=.*evaluate"),
+        (dict(init_state=None), TypeError, "init_state"),
+        (dict(evaluate=jgd.Eval(val_metrics, (X_VAL, Y_VAL), every=50)), ValueError, "every=50"),
+        (dict(evaluate=val_metrics), TypeError, "jgd.Eval"),
+        (dict(keep_params=1), TypeError, "keep_params"),
+    ],
+)
+def test_bad_keywords(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        jgd.sweep(sweep_case.loss, jnp.zeros(5), jgd.sgd, {"learning_rate": [0.1]}, steps=5,
+                  data=(sweep_case.X, sweep_case.Y), **kwargs)
