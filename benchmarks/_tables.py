@@ -60,11 +60,17 @@ def minimize_vs_loop(data):
 def sweep_vs_sequential(data):
     out = ["| problem | sweep | 64 sequential minimize | Python-loop user code | vs sequential | vs Python loop |",
            "|---|---|---|---|---|---|"]
-    probe = None
+    probe = main_job = growth = None
     for name, r in data["results"].items():
         s = r["seconds"]
         if "chunk-probe" in name:
             probe = s
+            continue
+        if name == "main-job":
+            main_job = r
+            continue
+        if name == "sampler-growth":
+            growth = r
             continue
         out.append(f"| {name} | {s['sweep']:.2f} s | {s['sequential']:.2f} s | {s['python_loop']:.2f} s | "
                    f"{r['speedup_vs_sequential']:.1f}× | {r['speedup_vs_python_loop']:.1f}× |")
@@ -72,6 +78,17 @@ def sweep_vs_sequential(data):
         out += ["", "| MLP sweep, chunk size | " + " | ".join(probe) + " |",
                 "|---" * (len(probe) + 1) + "|",
                 "| seconds | " + " | ".join(f"{v:.2f}" for v in probe.values()) + " |"]
+    if main_job:
+        s = main_job["seconds"]
+        out += ["", f"Main job ({main_job['runs']} runs × {main_job['steps']} mini-batch steps, batch 32):", "",
+                "| sweep | loop of minimize | sweep, eval every 50 | sweep vs loop | eval overhead |",
+                "|---|---|---|---|---|",
+                f"| {s['sweep']:.2f} s | {s['minimize_loop']:.2f} s | {s['sweep_eval']:.2f} s | "
+                f"{main_job['speedup_vs_loop']:.1f}× | {main_job['eval_overhead']:.2f}× |"]
+    if growth:
+        s = growth["seconds"]
+        out += ["", f"Sampler growth ({growth['runs']}-run sweep, {growth['steps']} steps): "
+                + ", ".join(f"{k}: {v:.3f} s" for k, v in s.items()) + f" → {growth['growth']:.2f}×"]
     return "\n".join(out)
 
 

@@ -5,6 +5,8 @@ from jgd.adaptive import adagrad, adam, adamw, rmsprop
 from jgd.evaluation import Eval
 from jgd.minimize import LoopState, Result, minimize
 from jgd.sweep import SweepResult, sweep
+from jgd.halving import halving
+from jgd.search import choice, loguniform, uniform
 from jgd.nonsmooth import subgradient
 from jgd.proximal import proximal_gradient
 from jgd.smooth import momentum, nesterov, sgd
@@ -32,6 +34,10 @@ __all__ = [
     "clip",
     "clip_by_global_norm",
     "Eval",
+    "choice",
+    "halving",
+    "loguniform",
+    "uniform",
     "flat",
     "LoopState",
     "Result",

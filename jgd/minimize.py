@@ -201,6 +201,8 @@ def minimize(
     record_aux: bool = False,
     init_state=None,
     progress: bool = False,
+    save_dir=None,
+    save_every: int | None = None,
 ) -> Result:
     """Minimizes ``fun`` with ``opt`` in one compiled program.
 
@@ -240,6 +242,11 @@ def minimize(
       init_state: continue a run from ``result.state`` (or start from an optimizer
         state made by ``opt.init``).
       progress: show a tqdm progress bar fed from the device.
+      save_dir, save_every: survive preemption: run in segments of ``save_every`` steps
+        (one compiled program for all) and save everything needed to go on in
+        ``save_dir`` after each (orbax-checkpoint, ``pip install 'jgd[checkpoint]'``);
+        called again with the same ``save_dir``, the run resumes from the newest complete
+        checkpoint and its result equals an uninterrupted run bit for bit.
 
     The loop also stops when the loss turns non-finite (``diverged=True``, no exception).
 
@@ -249,6 +256,54 @@ def minimize(
       >>> r.params
       Array([3., 3.], dtype=float32)
     """
+    if save_dir is not None or save_every is not None:
+        from jgd.checkpoint import minimize_saved
+
+        return minimize_saved(fun, params, opt, steps=steps, save_dir=save_dir, save_every=save_every,
+                              key=key, init_state=init_state, evaluate=evaluate, model_state=model_state,
+                              has_aux=has_aux, record_aux=record_aux, progress=progress, data=data,
+                              batch_size=batch_size, microbatches=microbatches, tol=tol, with_key=with_key)
+    run = _setup(fun, params, opt, steps=steps, data=data, batch_size=batch_size,
+                 microbatches=microbatches, key=key, tol=tol, has_aux=has_aux,
+                 model_state=model_state, with_key=with_key, evaluate=evaluate,
+                 record_aux=record_aux, progress=progress)
+    if run.buffers is not None:
+        return _minimize_on_buffers(
+            fun, params, *run.buffers, steps=steps, data=data, batch_size=batch_size,
+            microbatches=microbatches, key=run.key, tol=tol, has_aux=has_aux,
+            model_state=model_state, with_key=with_key, evaluate=evaluate,
+            record_aux=record_aux, init_state=init_state, progress=progress,
+        )
+    if progress:
+        _Progress.start(steps)
+    try:
+        return _loop(run.config, run.opt, params, model_state, init_state, run.key, data, run.eval_data, run.tol)
+    finally:
+        if progress:
+            _Progress.close()
+
+
+def _as_key(key):
+    if key is None:
+        return jax.random.key(0)
+    if not jnp.issubdtype(jnp.result_type(key), jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(key)  # a raw uint32 key from jax.random.PRNGKey
+    return key
+
+
+class _Setup(NamedTuple):
+    config: Any
+    opt: Any
+    key: Any
+    eval_data: Any
+    tol: Any
+    buffers: Any  # (inner, layout) for jgd.flat(inner), else None
+
+
+def _setup(fun, params, opt, *, steps, data, batch_size, microbatches, key, tol, has_aux,
+           model_state, with_key, evaluate, record_aux, progress) -> _Setup:
+    """Validates minimize's arguments (clear errors at the boundary) and builds the static
+    configuration of the compiled loop."""
     if not callable(fun):
         raise TypeError(f"fun must be callable, got {fun!r}")
     if not (hasattr(opt, "init") and hasattr(opt, "update")):
@@ -290,18 +345,8 @@ def minimize(
             raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
     evaluation = None if evaluate is None else evaluate.static(steps)
     eval_data = None if evaluate is None else evaluate.data
-    if key is None:
-        key = jax.random.key(0)
-    elif not jnp.issubdtype(jnp.result_type(key), jax.dtypes.prng_key):
-        key = jax.random.wrap_key_data(key)  # a raw uint32 key from jax.random.PRNGKey
+    key = _as_key(key)
     buffers = layout(opt, params)
-    if buffers is not None:
-        return _minimize_on_buffers(
-            fun, params, *buffers, steps=steps, data=data, batch_size=batch_size,
-            microbatches=microbatches, key=key, tol=tol, has_aux=has_aux,
-            model_state=model_state, with_key=with_key, evaluate=evaluate,
-            record_aux=record_aux, init_state=init_state, progress=progress,
-        )
     if tol is None:
         tol = np.float32(-1.0)
     elif not isinstance(tol, jax.core.Tracer):
@@ -311,13 +356,19 @@ def minimize(
                      with_key, record_aux, evaluation, progress)
     # jgd optimizers are pytrees of numbers and stay arguments; an optax closure is static.
     opt = as_hyperparameter(optax.with_extra_args_support(opt))
-    if progress:
-        _Progress.start(steps)
-    try:
-        return _loop(config, opt, params, model_state, init_state, key, data, eval_data, tol)
-    finally:
-        if progress:
-            _Progress.close()
+    return _Setup(config, opt, key, eval_data, tol, buffers)
+
+
+def initial_state(fun, params, opt, *, model_state=None, key=None, data=None, evaluate=None, steps=1,
+                  **kwargs) -> LoopState:
+    """The :class:`LoopState` that ``minimize`` starts a fresh run from (for continuing
+    many runs with ``init_state``, as sweeps saved in segments do)."""
+    run = _setup(fun, params, opt, steps=steps, data=data, key=key, model_state=model_state,
+                 evaluate=evaluate, **{**dict(batch_size=None, microbatches=1, tol=None, has_aux=False,
+                                              with_key=False, record_aux=False, progress=False), **kwargs})
+    if run.buffers is not None:
+        raise ValueError("initial_state does not take a jgd.flat optimizer")
+    return _start(run.config, run.opt, params, model_state, run.key, data, run.eval_data)
 
 
 class _OnBuffers:
@@ -467,11 +518,9 @@ def _initial_state(config, opt, params, model_state, state, best_dtype):
     return LoopState(state, zero, Best(params, model_state, worst, zero, zero))
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _loop(config, opt, params, model_state, state, key, data, eval_data, tol):
-    # Everything here runs once per compilation, so calling again costs no Python work.
-    opt = unwrap(opt)
-    steps, segment, evaluation = config.steps, config.segment, config.evaluation
+def _shapes(config, params, model_state, data, eval_data, key):
+    """Traces ``fun`` (and the evaluation) abstractly, with clear errors for user mistakes:
+    the loss dtype, the aux's shapes, the metrics' shapes and the best value's dtype."""
     sample_key, step_key = jax.random.split(key)
     first_batch = _sampling.batch_at(data, sample_key, jnp.zeros([], jnp.int32), config.batch_size)
     micro = None if first_batch is None else jax.tree.map(
@@ -480,11 +529,28 @@ def _loop(config, opt, params, model_state, state, key, data, eval_data, tol):
     out = jax.eval_shape(lambda p, s, b, k: _value_and_grad(config, p, s, b, k),
                          params, model_state, first_batch, step_key if config.with_key else None)
     loss_dtype, aux_shape = out[0].dtype, out[2]
-    metrics = None
+    evaluation, metrics = config.evaluation, None
     if evaluation is not None:
         metrics = evaluation.check(params, model_state, eval_data, config.has_model_state)
     monitored = evaluation is not None and evaluation.monitor is not None
-    best_dtype = metrics[evaluation.monitor].dtype if monitored else loss_dtype
+    return loss_dtype, aux_shape, metrics, metrics[evaluation.monitor].dtype if monitored else loss_dtype
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _start(config, opt, params, model_state, key, data, eval_data):
+    """The loop state a fresh run starts from (what ``init_state=None`` makes)."""
+    best_dtype = _shapes(config, params, model_state, data, eval_data, key)[3]
+    return _initial_state(config, unwrap(opt), params, model_state, None, best_dtype)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _loop(config, opt, params, model_state, state, key, data, eval_data, tol):
+    # Everything here runs once per compilation, so calling again costs no Python work.
+    opt = unwrap(opt)
+    steps, segment, evaluation = config.steps, config.segment, config.evaluation
+    sample_key, step_key = jax.random.split(key)
+    loss_dtype, aux_shape, metrics, best_dtype = _shapes(config, params, model_state, data, eval_data, key)
+    monitored = evaluation is not None and evaluation.monitor is not None
     state = _initial_state(config, opt, params, model_state, state, best_dtype)
     tol = jnp.asarray(tol, jnp.float32)
     start = state.step

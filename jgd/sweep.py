@@ -16,7 +16,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jgd.evaluation import Eval
-from jgd.minimize import _check_bool, _check_int, minimize
+from jgd.minimize import _as_key, _check_bool, _check_int, initial_state, minimize
+from jgd.search import Distribution, sample_grid
 from jgd.sweep_result import SweepResult
 
 __all__ = ["sweep", "SweepResult"]
@@ -25,6 +26,9 @@ __all__ = ["sweep", "SweepResult"]
 # measured on 2 cores: 64 runs of a 10k-param MLP ran 0.55-0.69x sequential speed as one
 # vmap and 1.2-1.35x in chunks of 8.
 _CPU_CHUNK_BYTES = 2 * 2**20
+
+# Samples of a random search come from fold_in(key, this), apart from the seed keys.
+_SAMPLE_STREAM = 0x5A3D1E
 
 # The keywords of minimize that a sweep passes through to every run.
 _PASSED = ("steps", "data", "batch_size", "microbatches", "tol", "has_aux", "model_state",
@@ -44,7 +48,8 @@ def _accepted_names(factory):
     }
 
 
-def _check_grid(factory, grid):
+def _check_grid(factory, grid, samples=None):
+    """The axes as 1-D numpy arrays (distributions kept as they are), names checked."""
     if not isinstance(grid, dict) or not grid:
         raise ValueError(f"grid must be a non-empty dict of name -> values, got {grid!r}")
     accepted = _accepted_names(factory)
@@ -55,6 +60,13 @@ def _check_grid(factory, grid):
                 f"grid key {name!r} is not an argument of {getattr(factory, '__name__', factory)}; "
                 f"it takes {sorted(accepted)}"
             )
+        if isinstance(values, Distribution):
+            if samples is None:
+                raise ValueError(
+                    f"grid[{name!r}] is a distribution ({values!r}): pass samples=N to draw N points"
+                )
+            axes[name] = values
+            continue
         if isinstance(values, (str, bytes)):
             raise ValueError(f"grid[{name!r}] must be numbers, got {values!r}")
         try:
@@ -67,12 +79,35 @@ def _check_grid(factory, grid):
         if not (np.issubdtype(axis.dtype, np.number) or axis.dtype == np.bool_) or np.issubdtype(axis.dtype, np.complexfloating):
             raise ValueError(f"grid[{name!r}] must be real numbers, got {values!r}")
         axes[name] = axis
-    # Concrete values are validated by the factory itself, one axis at a time.
+    return axes
+
+
+def _check_values(factory, axes):
+    """Concrete values are validated by the factory itself, one axis at a time."""
     first = {n: a[0].item() for n, a in axes.items()}
     for name, axis in axes.items():
-        for value in axis:
+        for value in np.unique(axis):
             factory(**{**first, name: value.item()})
-    return axes
+
+
+def grid_points(factory, grid, samples, key):
+    """The points a sweep runs: ``(points (G, H), grid_shape, axes, hparams)``. A grid's
+    points are the Cartesian product of its axes; with ``samples=N`` every axis is
+    sampled N times from a key derived from ``key`` apart from the seed keys."""
+    if samples is not None:
+        samples = _check_int("samples", samples, 1)
+    axes = _check_grid(factory, grid, samples)
+    dtype = jnp.dtype(jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32)
+    if samples is None:
+        _check_values(factory, axes)
+        points = np.stack([np.asarray(v, dtype) for v in itertools.product(*axes.values())])  # (G, H)
+        grid_shape = tuple(a.size for a in axes.values())
+        hparams = dict(zip(axes, np.meshgrid(*axes.values(), indexing="ij")))
+        return points, grid_shape, axes, hparams
+    columns = sample_grid(axes, samples, jax.random.fold_in(key, _SAMPLE_STREAM))
+    _check_values(factory, columns)
+    points = np.stack([np.asarray(v, dtype) for v in columns.values()], axis=1)
+    return points, (samples,), columns, dict(columns)
 
 
 def _chunk_size(params_spec, runs_per_device):
@@ -124,8 +159,11 @@ def sweep(
     *,
     seeds: int = 1,
     key=None,
+    samples: int | None = None,
     chunk_size: int | None = None,
     keep_params: bool = True,
+    save_dir=None,
+    save_every: int | None = None,
     **minimize_kwargs,
 ) -> SweepResult:
     """Runs :func:`jgd.minimize` for every point of ``grid`` × ``seeds`` as ONE program.
@@ -134,7 +172,12 @@ def sweep(
       fun: the loss, as for :func:`jgd.minimize`.
       params: a pytree, or a function ``key -> params`` (a fresh init per seed).
       factory: an optimizer factory, e.g. ``jgd.momentum``; called with each grid point.
-      grid: ``{name: values}``; the Cartesian product of the axes is swept.
+      grid: ``{name: values}``; the Cartesian product of the axes is swept. An axis may
+        be a distribution (``jgd.loguniform``, ``jgd.uniform``, ``jgd.choice``) instead.
+      samples: random search: every axis is sampled ``samples`` times (a list as a
+        uniform choice) and the result's grid shape is ``(samples,)``. Required with a
+        distribution. Samples come from a key derived from ``key`` apart from the seed
+        keys, so the seed rule below still holds run by run.
       seeds: runs per grid point; seed ``s`` uses ``jax.random.split(key, seeds)[s]``
         for ``params(k)``, ``model_state(k)``, the mini-batch sampler and the per-step keys.
       key: PRNG key (default ``jax.random.key(0)``).
@@ -143,6 +186,11 @@ def sweep(
         chunk's params and optimizer state within ~2 MiB of cache.
       keep_params: keep every run's final and best params (and model state) in the
         result; ``False`` keeps none (for models too large to keep one per run).
+      save_dir, save_every: survive preemption: run in segments of ``save_every`` steps
+        (one compiled program for all) and save every run's state and results so far in
+        ``save_dir`` after each (orbax-checkpoint); called again with the same
+        ``save_dir``, the sweep resumes from the newest complete checkpoint and its
+        result equals an uninterrupted sweep bit for bit.
       **minimize_kwargs: ``steps`` and any of ``data``, ``batch_size``,
         ``microbatches``, ``tol``, ``has_aux``, ``model_state`` (a pytree or a function
         ``key -> model_state``), ``with_key``, ``evaluate``, ``record_aux``, as for
@@ -176,52 +224,66 @@ def sweep(
         chunk_size = _check_int("chunk_size", chunk_size, 1)
     _check_bool("keep_params", keep_params)
     _check_kwargs(minimize_kwargs)
-    axes = _check_grid(factory, grid)
-    if key is None:
-        key = jax.random.key(0)
-    elif not jnp.issubdtype(jnp.result_type(key), jax.dtypes.prng_key):
-        key = jax.random.wrap_key_data(key)  # a raw uint32 key from jax.random.PRNGKey
-    grid_shape = tuple(a.size for a in axes.values())
-    dtype = jnp.dtype(jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32)
-    points = np.stack(
-        [np.asarray(v, dtype) for v in itertools.product(*axes.values())]
-    )  # (G, H)
+    key = _as_key(key)
+    points, grid_shape, axes, hparams = grid_points(factory, grid, samples, key)
     seed_keys = jax.random.split(key, seeds)
-    result = _run(fun, params, factory, tuple(axes), points, seed_keys, chunk_size, keep_params,
-                  minimize_kwargs)
+    args = (fun, params, factory, tuple(axes), np.repeat(points, seeds, axis=0),
+            run_keys(seed_keys, points.shape[0]), jax.random.key_impl(seed_keys), chunk_size,
+            keep_params, minimize_kwargs)
+    if save_dir is None and save_every is None:
+        result = _run(*args)
+    else:
+        from jgd.checkpoint import sweep_saved
+
+        result = sweep_saved(*args, save_dir=save_dir, save_every=save_every, fingerprint=dict(
+            kind="sweep", steps=minimize_kwargs["steps"], grid=points, names=list(axes), seeds=seeds, key=key,
+            factory=getattr(factory, "__qualname__", repr(factory)),
+            params=params if not callable(params) else jax.eval_shape(params, seed_keys[0]),
+            data=minimize_kwargs.get("data"), batch_size=minimize_kwargs.get("batch_size"),
+            keep_params=keep_params))
+        result.pop("stopped", None)
     out = jax.tree.map(lambda x: x.reshape(grid_shape + (seeds,) + x.shape[1:]), result)
-    mesh_values = np.meshgrid(*axes.values(), indexing="ij")
     evaluate = minimize_kwargs.get("evaluate")
     return SweepResult.from_runs(
-        out, grid=axes, hparams={n: v for n, v in zip(axes, mesh_values)},
+        out, grid=axes, hparams=hparams, sampled=samples is not None,
         monitor=None if evaluate is None else evaluate.monitor,
         mode="min" if evaluate is None else evaluate.mode,
     )
 
 
-def _run(fun, params, factory, names, points, seed_keys, chunk_size, keep_params, minimize_kwargs):
-    """Every (point, seed) run as one program: ``{field: (points × seeds, ...)}`` in numpy,
-    runs ordered (point, seed)."""
-    seeds = seed_keys.shape[0]
+def run_keys(seed_keys, num_points):
+    """The key data of every run, runs ordered (grid point, seed)."""
     key_data = np.asarray(jax.random.key_data(seed_keys))
-    run_points = np.repeat(points, seeds, axis=0)  # runs ordered (grid point, seed)
-    run_keys = np.tile(key_data, (points.shape[0],) + (1,) * (key_data.ndim - 1))
-    runs = run_points.shape[0]
+    return np.tile(key_data, (num_points,) + (1,) * (key_data.ndim - 1))
 
+
+def _run(fun, params, factory, names, run_points, key_data, key_impl, chunk_size, keep_params,
+         minimize_kwargs, carried=None, emit_carry=False, abstract=False):
+    """The runs as one program: ``{field: (runs, ...)}`` in numpy. Run ``i`` has the
+    hyperparameters ``run_points[i]`` and the key ``key_data[i]``; with ``carried``
+    (``{"params", "state", "model_state"}``, leading run axis) each run continues from
+    its own params and loop state; with ``emit_carry`` the output has the ``carried`` to go
+    on from. With ``abstract``, only the outputs' shapes (``jax.ShapeDtypeStruct``s whose
+    leading axis is not the run count)."""
+    runs = run_points.shape[0]
     devices = jax.devices()
     num_devices = len(devices)
     lanes = _cpu_lanes()
     per_device = -(-runs // num_devices)
-    params_spec = jax.eval_shape(params, seed_keys[0]) if callable(params) else params
+    if carried is not None:
+        params_spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), carried["params"])
+    elif callable(params):
+        params_spec = jax.eval_shape(params, jax.random.wrap_key_data(key_data[0], impl=key_impl))
+    else:
+        params_spec = params
     chunk = chunk_size or _chunk_size(params_spec, -(-per_device // lanes))
     chunk = min(chunk, per_device)
     lanes = max(1, min(lanes, -(-per_device // chunk)))
     per_device = -(-per_device // (chunk * lanes)) * chunk * lanes
     total = per_device * num_devices
     # Padding repeats run 0; its copies are dropped below.
-    pad = total - runs
-    run_points = np.concatenate([run_points, np.repeat(run_points[:1], pad, 0)])
-    run_keys = np.concatenate([run_keys, np.repeat(run_keys[:1], pad, 0)])
+    pad = lambda x: np.concatenate([x, np.repeat(x[:1], total - runs, 0)])  # noqa: E731
+    per_run = (pad(run_points), pad(key_data), jax.tree.map(lambda x: pad(np.asarray(x)), carried))
 
     kwargs = dict(minimize_kwargs)
     data = kwargs.pop("data", None)
@@ -230,21 +292,22 @@ def _run(fun, params, factory, names, points, seed_keys, chunk_size, keep_params
     eval_data = None if evaluate is None else evaluate.data
     evaluation = None if evaluate is None else evaluate.static(kwargs["steps"])
     tol = kwargs.pop("tol", None)
-    program = _program(fun, params if callable(params) else None, factory, names, chunk, num_devices,
-                       tuple(sorted(kwargs.items())), jax.random.key_impl(seed_keys),
-                       model_state if callable(model_state) else None, model_state is not None,
-                       evaluation, keep_params, tol is not None)
+    program = _program(fun, params if callable(params) and carried is None else None, factory, names, chunk,
+                       tuple(sorted(kwargs.items())), key_impl,
+                       model_state if callable(model_state) and carried is None else None,
+                       model_state is not None, evaluation, keep_params, tol is not None, carried is not None,
+                       emit_carry)
     mesh = Mesh(np.asarray(devices), ("runs",))
     shard = NamedSharding(mesh, PartitionSpec("runs"))
     replicated = NamedSharding(mesh, PartitionSpec())
-    shared = jax.tree.map(
-        lambda x: _put(np.asarray(x), replicated),
-        (None if callable(params) else params, None if callable(model_state) else model_state,
-         data, eval_data, tol),
-    )
+    fixed = lambda x: None if callable(x) or carried is not None else x  # noqa: E731
+    shared = jax.tree.map(lambda x: _put(np.asarray(x), replicated),
+                          (fixed(params), fixed(model_state), data, eval_data, tol))
     lane_size = total // lanes
-    calls = [(_put(run_points[i:i + lane_size], shard), _put(run_keys[i:i + lane_size], shard))
-             + shared for i in range(0, total, lane_size)]
+    calls = [jax.tree.map(lambda x: _put(x[i:i + lane_size], shard), per_run) + shared
+             for i in range(0, total, lane_size)]
+    if abstract:
+        return jax.eval_shape(functools.partial(program, mesh), *calls[0])
     executable = _executable(program, mesh, *_signature(calls[0]))
     if lanes == 1:
         outs = [executable(*calls[0])]
@@ -253,6 +316,62 @@ def _run(fun, params, factory, names, points, seed_keys, chunk_size, keep_params
             outs = list(pool.map(lambda args: jax.block_until_ready(executable(*args)), calls))
     outs = [jax.tree.map(_gather, out) for out in outs]
     return jax.tree.map(lambda *x: np.concatenate(x)[:runs], *outs)
+
+
+def initial_carry(fun, params, factory, names, run_points, key_data, key_impl, minimize_kwargs):
+    """Every run's fresh params, loop state and model state (what a run that has not
+    started continues from), so that every segment of a saved sweep is the same program."""
+    kwargs = dict(minimize_kwargs)
+    model_state, evaluate = kwargs.pop("model_state", None), kwargs.pop("evaluate", None)
+    data, eval_data = kwargs.pop("data", None), None if evaluate is None else evaluate.data
+    kwargs.pop("tol", None)
+
+    def one(point, kd, data, eval_data):
+        key = jax.random.wrap_key_data(kd, impl=key_impl)
+        p = params(key) if callable(params) else params
+        s = model_state(key) if callable(model_state) else model_state
+        opt = factory(**{n: point[i] for i, n in enumerate(names)})
+        ev = None if evaluate is None else Eval(evaluate.fun, eval_data, evaluate.every, evaluate.monitor,
+                                                evaluate.mode, evaluate.patience)
+        state = initial_state(fun, p, opt, model_state=s, key=key, data=data, evaluate=ev, **kwargs)
+        return {"params": p, "state": state, "model_state": s}
+
+    out = jax.jit(jax.vmap(one, in_axes=(0, 0, None, None)))(run_points, key_data, data, eval_data)
+    return jax.tree.map(lambda x: np.array(x), out)
+
+
+def empty_store(out, runs, steps, every):
+    """Arrays for every run's whole outputs (``(runs, ...)``, per-step records ``steps``
+    long, evaluations ``steps // every``), NaN (floating) or 0 until written; ``out`` is
+    (the shapes of) one segment's outputs."""
+    def empty(x, last=None):
+        shape = (runs,) + tuple(x.shape[1:]) if last is None else (runs,) + tuple(x.shape[1:-1]) + (last,)
+        return np.full(shape, np.nan if np.issubdtype(x.dtype, np.inexact) else 0, x.dtype)
+
+    store = {k: jax.tree.map(empty, v) for k, v in out.items()
+             if k not in ("losses", "evals", "eval_steps", "carried")}
+    store["losses"] = empty(out["losses"], steps)
+    store["evals"] = {k: empty(v, steps // every) for k, v in out["evals"].items()} if out["evals"] else {}
+    store["eval_steps"] = None if out["eval_steps"] is None else empty(out["eval_steps"], steps // every)
+    store["num_steps"] = np.zeros((runs,), np.int32)
+    store["stopped"] = np.zeros((runs,), bool)
+    return store
+
+
+def record_segment(store, out, rows, out_rows, done, length, every):
+    """Writes a segment's outputs (rows ``out_rows`` of ``out``) into rows ``rows`` of the
+    store: per-step records at ``[done, done + length)``, evaluations at their global
+    indices, step counts added up, everything else replaced."""
+    store["losses"][rows, done:done + length] = out["losses"][out_rows]
+    evals = slice(done // every, (done + length) // every) if every else None
+    for name, values in out["evals"].items():
+        store["evals"][name][rows, evals] = values[out_rows]
+    if out["eval_steps"] is not None:
+        store["eval_steps"][rows, evals] = out["eval_steps"][out_rows]
+    store["num_steps"][rows] += out["num_steps"][out_rows]
+    for name, value in out.items():
+        if name not in ("losses", "evals", "eval_steps", "num_steps", "carried", "stopped"):
+            jax.tree.map(lambda dst, src: dst.__setitem__(rows, src[out_rows]), store[name], value)
 
 
 def _signature(args):
@@ -283,20 +402,24 @@ def _gather(x):
 
 
 @functools.lru_cache(maxsize=64)
-def _program(fun, init_fn, factory, names, chunk, num_devices, kwargs, key_impl, state_fn,
-             has_model_state, evaluation, keep_params, has_tol):
+def _program(fun, init_fn, factory, names, chunk, kwargs, key_impl, state_fn, has_model_state,
+             evaluation, keep_params, has_tol, continuing, emit_carry):
     kwargs = dict(kwargs)
 
-    def one(point, key_data, fixed_params, fixed_state, data, eval_data, tol):
+    def one(point, key_data, carried, fixed_params, fixed_state, data, eval_data, tol):
         key = jax.random.wrap_key_data(key_data, impl=key_impl)
-        params = init_fn(key) if init_fn is not None else fixed_params
-        model_state = state_fn(key) if state_fn is not None else fixed_state
+        init_state = None
+        if continuing:
+            params, model_state, init_state = carried["params"], carried["model_state"], carried["state"]
+        else:
+            params = init_fn(key) if init_fn is not None else fixed_params
+            model_state = state_fn(key) if state_fn is not None else fixed_state
         opt = factory(**{n: point[i] for i, n in enumerate(names)})
         evaluate = None if evaluation is None else Eval(
             evaluation.fun, eval_data, evaluation.every, evaluation.monitor, evaluation.mode,
             evaluation.patience)
         r = minimize(fun, params, opt, key=key, data=data, evaluate=evaluate,
-                     model_state=model_state if has_model_state else None,
+                     model_state=model_state if has_model_state else None, init_state=init_state,
                      tol=tol if has_tol else None, **kwargs)
         out = dict(losses=r.losses, num_steps=r.num_steps, converged=r.converged,
                    diverged=r.diverged, stopped_early=r.stopped_early, best_loss=r.best_loss,
@@ -305,23 +428,26 @@ def _program(fun, init_fn, factory, names, chunk, num_devices, kwargs, key_impl,
             out.update(params=r.params, best_params=r.best_params)
             if has_model_state:
                 out.update(model_state=r.model_state, best_model_state=r.best_model_state)
+        if emit_carry:
+            out.update(carried=dict(params=r.params, state=r.state, model_state=r.model_state))
         return out
 
-    def local(points, keys, *shared):
-        batched = jax.vmap(one, in_axes=(0, 0) + (None,) * len(shared))
+    def local(points, keys, carried, *shared):
+        batched = jax.vmap(one, in_axes=(0, 0, 0) + (None,) * len(shared))
         shaped = lambda x: x.reshape((-1, chunk) + x.shape[1:])  # noqa: E731
-        out = jax.lax.map(lambda pk: batched(pk[0], pk[1], *shared), (shaped(points), shaped(keys)))
+        per_run = jax.tree.map(shaped, (points, keys, carried))
+        out = jax.lax.map(lambda p: batched(*p, *shared), per_run)
         return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), out)
 
     @functools.partial(jax.jit, static_argnums=0)
-    def program(mesh, points, keys, *shared):
+    def program(mesh, points, keys, carried, *shared):
         runs = PartitionSpec("runs")
         return jax.shard_map(
             local,
             mesh=mesh,
-            in_specs=(runs, runs) + (PartitionSpec(),) * len(shared),
+            in_specs=(runs, runs, runs) + (PartitionSpec(),) * len(shared),
             out_specs=runs,
             check_vma=False,
-        )(points, keys, *shared)
+        )(points, keys, carried, *shared)
 
     return program

@@ -56,6 +56,8 @@ class SweepResult:
       params, best_params: each run's final and best params (``keep_params=True``).
       model_state, best_model_state: likewise, when a model state is given.
       monitor, mode: the evaluation's monitored metric and its mode.
+      sampled: the points were sampled (``samples=N``): ``grid`` holds each axis's
+        samples and the grid shape is ``(N,)``.
       rung, steps_spent: with :func:`jgd.halving`, the last rung each configuration
         reached and the run-steps of all configurations together (for one seed).
     """
@@ -79,6 +81,7 @@ class SweepResult:
     best_model_state: Any = None
     monitor: str | None = None
     mode: str = "min"
+    sampled: bool = False
     rung: np.ndarray = None
     steps_spent: int | None = None
 
@@ -89,7 +92,7 @@ class SweepResult:
         last = np.clip(num_steps - 1, 0, None)
         final_loss = np.take_along_axis(losses, last[..., None], axis=-1)[..., 0]
         eval_steps = out.get("eval_steps")
-        if eval_steps is not None:
+        if eval_steps is not None and eval_steps.ndim > 1:
             eval_steps = eval_steps.reshape((-1,) + eval_steps.shape[-1:])[0]
         return cls(
             losses=losses, final_loss=final_loss, best_loss=out["best_loss"], num_steps=num_steps,
@@ -260,11 +263,17 @@ class SweepResult:
         runs = np.moveaxis(np.where(np.isfinite(values), values, np.nan), 0, -2)  # (*others, first, seeds)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            for other in np.ndindex(*runs.shape[:-2]):
-                r = runs[other]
-                label = ", ".join(f"{n}={self.grid[n][i]:g}" for n, i in zip(rest, other)) or by
-                scores.plot(axis, np.nanmean(r, -1), marker=".", label=label)
-                scores.fill_between(axis, np.nanmin(r, -1), np.nanmax(r, -1), alpha=0.2)
+            if self.sampled or self.rung is not None:  # scattered points, not axes
+                colour = None if self.rung is None else self.rung
+                drawn = scores.scatter(axis, np.nanmean(runs, -1), c=colour, s=12, label=by)
+                if self.rung is not None:
+                    fig.colorbar(drawn, ax=scores, label="rung reached")
+            else:
+                for other in np.ndindex(*runs.shape[:-2]):
+                    r = runs[other]
+                    label = ", ".join(f"{n}={self.grid[n][i]:g}" for n, i in zip(rest, other)) or by
+                    scores.plot(axis, np.nanmean(r, -1), marker=".", label=label)
+                    scores.fill_between(axis, np.nanmin(r, -1), np.nanmax(r, -1), alpha=0.2)
         if has_best:
             scores.plot([self.hparams[first][best]], [mean[best]], "k*", ms=12, label="best")
         positive = np.nanmin(runs) > 0 if np.isfinite(runs).any() else False

@@ -1,0 +1,153 @@
+"""``jgd.halving``: successive halving, every rung one compiled program whose survivors
+continue from where they stopped."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import numpy as np
+
+from jgd.evaluation import Eval
+from jgd.minimize import _as_key, _check_bool, _check_int
+from jgd.sweep import _check_kwargs, _run, empty_store, grid_points, record_segment, run_keys
+from jgd.sweep_result import SweepResult
+
+__all__ = ["halving"]
+
+
+def rung_budgets(min_steps: int, eta: int, steps: int) -> list:
+    """The steps each rung has run in all: ``min_steps·eta^r`` below ``steps``, then ``steps``."""
+    budgets, b = [], min_steps
+    while b < steps:
+        budgets.append(b)
+        b *= eta
+    return budgets + [steps]
+
+
+def halving(
+    fun: Callable,
+    params,
+    factory: Callable,
+    grid: dict,
+    *,
+    samples: int | None = None,
+    steps: int,
+    eta: int = 3,
+    min_steps: int,
+    evaluate: Eval,
+    seeds: int = 1,
+    key=None,
+    chunk_size: int | None = None,
+    keep_params: bool = True,
+    **minimize_kwargs,
+) -> SweepResult:
+    """Successive halving over ``grid`` (or ``samples`` points of it), each rung ONE program.
+
+    Rung ``r`` runs its configurations until they have run ``min_steps·eta^r`` steps in
+    all (the last rung: ``steps``), continuing each from where it stopped (optimizer and
+    model state, sampler position, keys, best-iterate tracking): survivors are never
+    restarted. Every rung ends with an evaluation; the best ``max(1, n // eta)`` of its
+    ``n`` configurations by ``evaluate``'s monitored metric there (mean over seeds;
+    non-finite ranks last) go on to the next rung (Jamieson & Talwalkar, AISTATS 2016;
+    the rung schedule of Hyperband, Li et al., JMLR 2018).
+
+    Args:
+      fun, params, factory, seeds, key, chunk_size, keep_params, **minimize_kwargs: as
+        for :func:`jgd.sweep`.
+      grid, samples: the configurations: the grid's points, or ``samples`` points drawn
+        from it (distributions allowed).
+      steps: the steps of a configuration that reaches the last rung.
+      eta: the reduction factor (>= 2): a rung keeps 1/eta of its configurations and the
+        next one runs eta times as many steps in all.
+      min_steps: the steps of the first rung.
+      evaluate: a :class:`jgd.Eval` with a ``monitor``. Its ``every`` must divide every
+        rung's budget; ``None`` evaluates at the rung ends' common divisor.
+
+    Returns a :class:`jgd.SweepResult` over all configurations (grid shape ``(N,)``),
+    with ``rung`` (the last rung each reached) and ``steps_spent`` (the run-steps of all
+    configurations together, for one seed). A configuration equals a ``minimize`` run of
+    it, with its seed key, for the steps it reached; entries past those are NaN.
+
+    Example::
+
+      >>> def loss(w):
+      ...     return jnp.sum((w - 1.0) ** 2)
+      >>> val = jgd.Eval(lambda w: loss(w), monitor="eval")
+      >>> s = jgd.halving(loss, jnp.zeros(2), jgd.sgd, {"learning_rate": jgd.loguniform(1e-3, 0.5)},
+      ...                 samples=9, steps=90, min_steps=10, eta=3, evaluate=val)
+      >>> np.bincount(s.rung).tolist()  # configurations that stopped at rung 0, 1, 2
+      [6, 2, 1]
+      >>> s.steps_spent  # 9·10 + 3·(30 − 10) + 1·(90 − 30)
+      210
+    """
+    if not callable(factory):
+        raise TypeError(f"factory must be an optimizer factory such as jgd.adam, got {factory!r}")
+    steps = _check_int("steps", steps, 1)
+    min_steps = _check_int("min_steps", min_steps, 1)
+    if min_steps > steps:
+        raise ValueError(f"min_steps={min_steps} must be <= steps={steps}")
+    eta = _check_int("eta", eta, 2)
+    seeds = _check_int("seeds", seeds, 1)
+    if chunk_size is not None:
+        chunk_size = _check_int("chunk_size", chunk_size, 1)
+    _check_bool("keep_params", keep_params)
+    if not isinstance(evaluate, Eval):
+        raise TypeError(f"halving needs evaluate=jgd.Eval(..., monitor=...) to rank by, got {evaluate!r}")
+    if evaluate.monitor is None:
+        raise ValueError("halving needs evaluate.monitor: the metric that ranks configurations at each rung")
+    if minimize_kwargs.get("record_aux"):
+        raise ValueError("halving does not take record_aux=True (each rung keeps its last step's aux)")
+    if evaluate.patience is not None:
+        raise ValueError("halving does not take an Eval with patience (halving itself stops configurations)")
+    budgets = rung_budgets(min_steps, eta, steps)
+    every = evaluate.every if evaluate.every is not None else math.gcd(*budgets)
+    if any(b % every for b in budgets):
+        raise ValueError(
+            f"evaluate.every={every} must divide every rung's budget {budgets} (min_steps·eta^r and "
+            "steps), so that each rung ends with an evaluation"
+        )
+    evaluate = Eval(evaluate.fun, evaluate.data, every, evaluate.monitor, evaluate.mode)
+    _check_kwargs({**minimize_kwargs, "steps": steps, "evaluate": evaluate})
+    key = _as_key(key)
+    points, _, axes, hparams = grid_points(factory, grid, samples, key)
+    if samples is None:  # a grid's points, listed
+        hparams = {n: np.asarray(v).ravel() for n, v in hparams.items()}
+        axes = dict(hparams)
+    num = points.shape[0]
+    seed_keys = jax.random.split(key, seeds)
+    key_impl = jax.random.key_impl(seed_keys)
+    names = tuple(axes)
+
+    alive = np.arange(num)
+    rung = np.zeros(num, np.int32)
+    carried, store, done, spent = None, None, 0, 0
+    for r, budget in enumerate(budgets):
+        run_steps = budget - done
+        out = _run(fun, params, factory, names, np.repeat(points[alive], seeds, axis=0),
+                   run_keys(seed_keys, alive.size), key_impl, chunk_size, keep_params,
+                   {**minimize_kwargs, "steps": run_steps, "evaluate": evaluate},
+                   carried=carried, emit_carry=True)
+        if store is None:
+            store = empty_store(out, num * seeds, steps, every)
+        rows = (alive[:, None] * seeds + np.arange(seeds)).ravel()
+        record_segment(store, out, rows, np.arange(rows.size), done, run_steps, every)
+        rung[alive] = r
+        spent += alive.size * run_steps
+        done = budget
+        if r == len(budgets) - 1:
+            break
+        score = out["evals"][evaluate.monitor][:, -1].reshape(alive.size, seeds)  # at the rung's end
+        score = score if evaluate.mode == "min" else -score
+        mean = np.where(np.isfinite(score).all(-1), score.mean(-1), np.inf)
+        keep = np.sort(np.argsort(mean, kind="stable")[: max(1, alive.size // eta)])
+        alive = alive[keep]
+        kept_rows = (keep[:, None] * seeds + np.arange(seeds)).ravel()
+        carried = jax.tree.map(lambda x: x[kept_rows], out["carried"])
+
+    store.pop("stopped")
+    store = jax.tree.map(lambda x: x.reshape((num, seeds) + x.shape[1:]), store)
+    store["eval_steps"] = every * np.arange(1, steps // every + 1, dtype=np.int32)
+    return SweepResult.from_runs(store, grid=axes, hparams=hparams, sampled=True, monitor=evaluate.monitor,
+                                 mode=evaluate.mode, rung=rung, steps_spent=int(spent))
