@@ -5,8 +5,8 @@ SGD with momentum and weight decay).
 
 81 configurations are sampled (learning rate and weight decay log-uniformly, momentum
 uniformly). The full grid runs every one of them for all the steps as one sweep;
-halving (eta = 3) runs all of them for 16 steps, keeps the best third by validation
-accuracy, runs those on to 48 steps in all, and so on (16, 48, 144, 432), each rung one
+halving (eta = 3) runs all of them for 48 steps, keeps the best third by validation
+accuracy, runs those on to 144 steps in all, then the best third of those to 432, each rung one
 compiled program whose survivors continue where they stopped. Prints the best validation
 accuracy, the run-steps spent and the wall time of each, side by side.
 """
@@ -80,7 +80,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--configs", type=int, default=81)
     parser.add_argument("--steps", type=int, default=432)
-    parser.add_argument("--min-steps", type=int, default=16)
+    parser.add_argument("--min-steps", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--smoke", action="store_true", help="tiny run for the test suite")
     args = parser.parse_args()

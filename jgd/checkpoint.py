@@ -11,6 +11,7 @@ key, optimizer): another configuration pointed at the same directory is refused.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import warnings
 
@@ -35,8 +36,9 @@ def fingerprint_of(**parts) -> dict:
     shapes and dtypes (or, for small numeric ones such as keys and grids, their values)."""
     def describe(value):
         leaves, treedef = jax.tree.flatten(value)
+        treedef = re.sub(r" at 0x[0-9a-f]+", "", str(treedef))  # function addresses differ between processes
         if not leaves:
-            return str(treedef)
+            return treedef
         out = []
         for leaf in leaves:
             if isinstance(leaf, jax.ShapeDtypeStruct):
@@ -45,7 +47,7 @@ def fingerprint_of(**parts) -> dict:
             array = np.asarray(jax.random.key_data(leaf) if jax.dtypes.issubdtype(
                 getattr(leaf, "dtype", None), jax.dtypes.prng_key) else leaf)
             out.append([list(array.shape), str(array.dtype)] + ([array.ravel().tolist()] if array.size <= 4096 else []))
-        return [str(treedef), out]
+        return [treedef, out]
 
     return {name: value if isinstance(value, (int, float, str, bool, type(None))) else describe(value)
             for name, value in parts.items()}
@@ -70,7 +72,8 @@ class Saver:
         ``(None, 0)`` when there is none. A checkpoint of another configuration is a
         ValueError naming what differs; an unreadable one falls back to the previous."""
         ocp = self.ocp
-        for step in sorted(self.manager.all_steps(read=True), reverse=True):
+        self.manager.reload()
+        for step in sorted(self.manager.all_steps(), reverse=True):
             try:
                 meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
             except Exception as error:  # noqa: BLE001 - any damage: fall back
@@ -190,7 +193,7 @@ def minimize_saved(fun, params, opt, *, steps, save_dir, save_every, key, init_s
         while done < steps and not records["flags"].any():
             r = minimize(fun, carry["params"], opt, steps=save_every, init_state=carry["loop"],
                          model_state=carry["model_state"], **segment)
-            r = as_numpy(r)
+            r = as_numpy(r._replace(key=None))
             records["losses"][done:done + save_every] = r.losses
             records["grad_norms"][done:done + save_every] = r.grad_norms
             for name, values in records["evals"].items():
@@ -239,7 +242,8 @@ def sweep_saved(fun, params, factory, names, run_points, key_data, key_impl, chu
     try:
         like = None
         done = 0
-        if saver.manager.all_steps(read=True):
+        saver.manager.reload()
+        if saver.manager.all_steps():
             # The saved state's structure: one segment's outputs, abstractly.
             spec = _run(fun, params, factory, names, run_points, key_data, key_impl, chunk_size, keep_params,
                         segment_kwargs, carried=carried, emit_carry=True, abstract=True)
