@@ -13,10 +13,12 @@ examples over n = 1,000.
 """
 
 import argparse
+import json
 import pathlib
 import sys
+import tempfile
 
-from _common import interleaved, write
+from _common import HERE, interleaved, write
 
 import jax
 import jax.numpy as jnp
@@ -70,6 +72,12 @@ def main_job(smoke):
         return jgd.sweep(sweep_digits.loss, sweep_digits.init_mlp, jgd.momentum, grid, seeds=seeds,
                          key=jax.random.key(0), evaluate=evaluate, **common).losses
 
+    def swept_saved():
+        with tempfile.TemporaryDirectory() as save_dir:
+            return jgd.sweep(sweep_digits.loss, sweep_digits.init_mlp, jgd.momentum, grid, seeds=seeds,
+                             key=jax.random.key(0), save_dir=save_dir, save_every=10 if smoke else 50,
+                             **common).losses
+
     keys = jax.random.split(jax.random.key(0), seeds)
 
     def loop():
@@ -77,13 +85,15 @@ def main_job(smoke):
                             key=k, **common).losses for lr in lrs for b in betas for k in keys]
         return jax.block_until_ready(out)
 
-    t = interleaved({"sweep": swept, "minimize_loop": loop, "sweep_eval": swept_eval}, 1 if smoke else 3)
+    t = interleaved({"sweep": swept, "minimize_loop": loop, "sweep_eval": swept_eval, "sweep_saved": swept_saved},
+                    1 if smoke else 3)
     runs = len(lrs) * len(betas) * seeds
     result = {"runs": runs, "steps": steps, "seconds": t, "speedup_vs_loop": t["minimize_loop"] / t["sweep"],
-              "eval_overhead": t["sweep_eval"] / t["sweep"]}
+              "eval_overhead": t["sweep_eval"] / t["sweep"], "save_overhead": t["sweep_saved"] / t["sweep"]}
     print(f"main job, {runs} runs x {steps} steps (batch 32): sweep {t['sweep']:.2f} s, loop of minimize "
           f"{t['minimize_loop']:.2f} s ({result['speedup_vs_loop']:.1f}x); evaluating every 50 steps "
-          f"{t['sweep_eval']:.2f} s ({result['eval_overhead']:.2f}x the sweep without)")
+          f"{t['sweep_eval']:.2f} s ({result['eval_overhead']:.2f}x the sweep without); saving every 50 steps "
+          f"{t['sweep_saved']:.2f} s ({result['save_overhead']:.2f}x)")
     return result
 
 
@@ -105,7 +115,12 @@ def sampler_growth(smoke):
     return {"runs": 16, "steps": steps, "seconds": t, "growth": large / small}
 
 
-def main(smoke):
+def main(smoke, only=None):
+    if only:
+        previous = json.loads((HERE / "results" / "sweep_vs_sequential.json").read_text())["results"]
+        previous[only] = {"main-job": main_job, "sampler-growth": sampler_growth}[only](smoke)
+        write("sweep_vs_sequential", previous, smoke)
+        return
     K = 4 if smoke else 64
     steps = 20 if smoke else 500
     repeats = 1 if smoke else 3
@@ -161,4 +176,6 @@ def main(smoke):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--smoke", action="store_true")
-    main(parser.parse_args().smoke)
+    parser.add_argument("--only", choices=["main-job", "sampler-growth"], help="rerun one part, keep the rest")
+    args = parser.parse_args()
+    main(args.smoke, args.only)

@@ -325,19 +325,30 @@ def initial_carry(fun, params, factory, names, run_points, key_data, key_impl, m
     model_state, evaluate = kwargs.pop("model_state", None), kwargs.pop("evaluate", None)
     data, eval_data = kwargs.pop("data", None), None if evaluate is None else evaluate.data
     kwargs.pop("tol", None)
+    program = _initial_program(fun, params if callable(params) else None, factory, names, key_impl,
+                               model_state if callable(model_state) else None,
+                               None if evaluate is None else evaluate.static(kwargs["steps"]),
+                               tuple(sorted(kwargs.items())))
+    fixed = lambda x: None if callable(x) else x  # noqa: E731
+    out = program(run_points, key_data, fixed(params), fixed(model_state), data, eval_data)
+    return jax.tree.map(lambda x: np.array(x), out)
 
-    def one(point, kd, data, eval_data):
+
+@functools.lru_cache(maxsize=64)
+def _initial_program(fun, init_fn, factory, names, key_impl, state_fn, evaluation, kwargs):
+    kwargs = dict(kwargs)
+
+    def one(point, kd, fixed_params, fixed_state, data, eval_data):
         key = jax.random.wrap_key_data(kd, impl=key_impl)
-        p = params(key) if callable(params) else params
-        s = model_state(key) if callable(model_state) else model_state
+        p = init_fn(key) if init_fn is not None else fixed_params
+        s = state_fn(key) if state_fn is not None else fixed_state
         opt = factory(**{n: point[i] for i, n in enumerate(names)})
-        ev = None if evaluate is None else Eval(evaluate.fun, eval_data, evaluate.every, evaluate.monitor,
-                                                evaluate.mode, evaluate.patience)
-        state = initial_state(fun, p, opt, model_state=s, key=key, data=data, evaluate=ev, **kwargs)
+        evaluate = None if evaluation is None else Eval(
+            evaluation.fun, eval_data, evaluation.every, evaluation.monitor, evaluation.mode, evaluation.patience)
+        state = initial_state(fun, p, opt, model_state=s, key=key, data=data, evaluate=evaluate, **kwargs)
         return {"params": p, "state": state, "model_state": s}
 
-    out = jax.jit(jax.vmap(one, in_axes=(0, 0, None, None)))(run_points, key_data, data, eval_data)
-    return jax.tree.map(lambda x: np.array(x), out)
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, None, None, None, None)))
 
 
 def empty_store(out, runs, steps, every):
@@ -364,7 +375,7 @@ def record_segment(store, out, rows, out_rows, done, length, every):
     indices, step counts added up, everything else replaced."""
     store["losses"][rows, done:done + length] = out["losses"][out_rows]
     evals = slice(done // every, (done + length) // every) if every else None
-    for name, values in out["evals"].items():
+    for name, values in (out["evals"] or {}).items():
         store["evals"][name][rows, evals] = values[out_rows]
     if out["eval_steps"] is not None:
         store["eval_steps"][rows, evals] = out["eval_steps"][out_rows]

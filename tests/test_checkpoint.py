@@ -71,6 +71,17 @@ def test_killed_and_called_again_equals_uninterrupted(kind, uninterrupted, tmp_p
         assert_same(dict(result), uninterrupted[kind])
 
 
+def test_sweep_without_evaluation_saved_in_segments(tmp_path):
+    kwargs = dict(seeds=2, steps=60, data=(checkpoint_case.X, checkpoint_case.Y), batch_size=16)
+    grid = {"learning_rate": [0.01, 0.1, 3.0]}  # the last one diverges: it stays stopped across segments
+    whole = jgd.sweep(checkpoint_case.loss, checkpoint_case.init, jgd.sgd, grid, **kwargs)
+    saved = jgd.sweep(checkpoint_case.loss, checkpoint_case.init, jgd.sgd, grid, save_dir=tmp_path, save_every=20,
+                      **kwargs)
+    assert whole.diverged[2].all() and (whole.num_steps[2] < 60).all()
+    for name in ("losses", "params", "best_params", "num_steps", "diverged", "best_loss"):
+        np.testing.assert_array_equal(getattr(saved, name), getattr(whole, name), err_msg=name)
+
+
 def test_another_configuration_is_refused(tmp_path):
     checkpoint_case.sweep(steps=40, save_dir=tmp_path, save_every=20)
     with pytest.raises(ValueError, match="steps"):
