@@ -93,9 +93,23 @@ def sweep_vs_sequential(data):
     return "\n".join(out)
 
 
+def halving_vs_grid(data):
+    r = data["results"]
+    out = [f"{r['configs']} sampled configurations (digits MLP, momentum + weight decay, 432 steps at most):", "",
+           "| search | best val accuracy | run-steps | wall s (compiled) | wall s (compile included) |",
+           "|---|---|---|---|---|"]
+    for name, row in r["rows"].items():
+        out.append(f"| {name} | {row['accuracy']:.4f} | {row['spent']} | {row['wall']:.2f} | {row['cold']:.2f} |")
+    out += ["", f"halving vs grid: accuracy gap {100 * r['accuracy_gap']:+.2f} points, run-steps "
+            f"{r['steps_ratio']:.2f}×, wall {r['wall_ratio']:.2f}× compiled, {r['wall_ratio_with_compile']:.2f}× "
+            "with compilation"]
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
     for name, render in (("update_step", update_step), ("compile_time", compile_time),
-                         ("minimize_vs_loop", minimize_vs_loop), ("sweep_vs_sequential", sweep_vs_sequential)):
+                         ("minimize_vs_loop", minimize_vs_loop), ("sweep_vs_sequential", sweep_vs_sequential),
+                         ("halving_vs_grid", halving_vs_grid)):
         data = load(name)
         if data:
             print(f"\n### {name} ({data['machine']['date']}, {data['machine']['cpu_count']} cores, "
