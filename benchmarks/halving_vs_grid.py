@@ -17,11 +17,14 @@ import halving_digits  # noqa: E402
 
 def main(smoke):
     if smoke:
-        rows = halving_digits.main(configs=9, steps=36, min_steps=4, repeats=1)
+        import jax
+
+        rows = halving_digits.main(configs=6, steps=12, min_steps=4, repeats=0,
+                                   init=halving_digits.init_mlp(jax.random.key(0)))
     else:
         rows = halving_digits.main(configs=81, steps=432, min_steps=48, repeats=3)
     grid, half = rows["full grid"], rows["halving"]
-    write("halving_vs_grid", {"configs": 9 if smoke else 81, "rows": rows,
+    write("halving_vs_grid", {"configs": 6 if smoke else 81, "rows": rows,
                               "accuracy_gap": grid["accuracy"] - half["accuracy"],
                               "steps_ratio": half["spent"] / grid["spent"],
                               "wall_ratio": half["wall"] / grid["wall"],

@@ -30,17 +30,17 @@ GRID = {"learning_rate": jgd.loguniform(1e-3, 3.0), "beta": jgd.uniform(0.0, 0.9
         "weight_decay": jgd.loguniform(1e-6, 1e-2)}
 
 
-def main(configs, steps, min_steps, eta=3, repeats=1):
+def main(configs, steps, min_steps, eta=3, repeats=1, init=init_mlp):
     train, val, test = splits()
     evaluate = jgd.Eval(metrics, val, every=min_steps, monitor="accuracy", mode="max")
     common = dict(samples=configs, steps=steps, data=train, batch_size=32, key=jax.random.key(0),
                   evaluate=evaluate)
 
     def grid():
-        return jgd.sweep(loss, init_mlp, momentum_with_decay, GRID, **common)
+        return jgd.sweep(loss, init, momentum_with_decay, GRID, **common)
 
     def halved():
-        return jgd.halving(loss, init_mlp, momentum_with_decay, GRID, min_steps=min_steps, eta=eta, **common)
+        return jgd.halving(loss, init, momentum_with_decay, GRID, min_steps=min_steps, eta=eta, **common)
 
     results, cold, warm = {}, {}, {}
     for name, run in (("full grid", grid), ("halving", halved)):
@@ -52,7 +52,7 @@ def main(configs, steps, min_steps, eta=3, repeats=1):
             start = time.perf_counter()
             run()
             times.append(time.perf_counter() - start)
-        warm[name] = float(np.median(times))
+        warm[name] = float(np.median(times)) if times else cold[name]
     full, half = results["full grid"], results["halving"]
     np.testing.assert_array_equal(full.hparams["learning_rate"], half.hparams["learning_rate"])
     print(f"{configs} sampled configurations, {steps} steps at most, batch 32\n")
@@ -85,6 +85,6 @@ if __name__ == "__main__":
     parser.add_argument("--smoke", action="store_true", help="tiny run for the test suite")
     args = parser.parse_args()
     if args.smoke:
-        main(configs=9, steps=36, min_steps=4)
+        main(configs=6, steps=12, min_steps=4, repeats=0, init=init_mlp(jax.random.key(0)))
     else:
         main(args.configs, args.steps, args.min_steps, repeats=args.repeats)

@@ -1,6 +1,6 @@
 """jgd: gradient-descent variants for JAX as composable, sweepable init/update pairs."""
 
-from jgd import prox
+from jgd import prox, schedules
 from jgd.adaptive import adagrad, adam, adamw, rmsprop
 from jgd.evaluation import Eval
 from jgd.minimize import LoopState, Result, minimize
@@ -47,6 +47,7 @@ __all__ = [
     "prox",
     "proximal_gradient",
     "rmsprop",
+    "schedules",
     "subgradient",
     "sgd",
     "skip_nonfinite",

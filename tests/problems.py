@@ -266,4 +266,4 @@ FACTORIES = {
 
 # Public callables that are not optimizer factories (the completeness test skips them).
 NOT_FACTORIES = {"apply_updates", "minimize", "sweep", "LoopState", "Result", "SweepResult", "prox", "Eval",
-                 "halving", "choice", "loguniform", "uniform"}
+                 "halving", "choice", "loguniform", "uniform", "schedules"}

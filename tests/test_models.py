@@ -1,0 +1,144 @@
+"""Models from flax.nnx and equinox through minimize: params split off the model, batch
+norm statistics through model_state (against their closed form under full-batch GD on a
+fixed input), dropout through with_key (same key, same run; other key, other run),
+nnx.Optimizer with a jgd rule against the same optimizer with the optax rule."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jgd
+from problems import diabetes, oracle
+
+X, Y = diabetes()
+X = X[:128]
+Y = Y[:128]
+D = X.shape[1]
+
+
+# --------------------------------------------------------------------------- flax.nnx
+
+nnx = pytest.importorskip("flax.nnx")
+
+
+class NnxNet(nnx.Module):
+    def __init__(self, rngs, rate=0.2):
+        self.bn = nnx.BatchNorm(D, momentum=0.9, rngs=rngs)
+        self.dropout = nnx.Dropout(rate)
+        self.linear = nnx.Linear(D, 1, rngs=rngs)
+
+    def __call__(self, x, key=None):
+        h = self.bn(x)
+        h = self.dropout(h, rngs=key, deterministic=key is None)
+        return self.linear(h)[:, 0]
+
+
+def nnx_problem(rate=0.2):
+    graphdef, params, rest = nnx.split(NnxNet(nnx.Rngs(0), rate), nnx.Param, ...)
+
+    def loss(params, rest, batch, key):
+        model = nnx.merge(graphdef, params, rest, copy=True)  # flax 0.12: copy inside a traced loss
+        r = model(batch[0], key) - batch[1]
+        _, _, new_rest = nnx.split(model, nnx.Param, ...)
+        return jnp.mean(r * r), new_rest
+
+    return graphdef, params, rest, loss
+
+
+def test_nnx_batch_norm_statistics_follow_their_closed_form():
+    graphdef, params, rest, loss = nnx_problem()
+    r = jgd.minimize(loss, params, jgd.adam(0.01), steps=25, data=(X, Y), model_state=rest, with_key=True)
+    model = nnx.merge(graphdef, r.params, r.model_state)
+    expected = (1 - 0.9 ** 25) * X.mean(0)  # running mean starts at 0, the input is fixed
+    np.testing.assert_allclose(model.bn.mean.value, expected, rtol=1e-5, atol=1e-7)
+    assert float(r.losses[-1]) < float(r.losses[0])
+
+
+def test_nnx_dropout_keys_make_runs_reproducible_and_distinct():
+    _, params, rest, loss = nnx_problem()
+    kwargs = dict(steps=20, data=(X, Y), batch_size=32, model_state=rest, with_key=True)
+    a = jgd.minimize(loss, params, jgd.adam(0.01), key=jax.random.key(0), **kwargs)
+    b = jgd.minimize(loss, params, jgd.adam(0.01), key=jax.random.key(0), **kwargs)
+    np.testing.assert_array_equal(a.losses, b.losses)
+    # The same batches (the sampler's key is the same) with other dropout masks differ: run
+    # without dropout, the two runs with dropout must both differ from it.
+    _, params0, rest0, loss0 = nnx_problem(rate=0.0)
+    none = jgd.minimize(loss0, params0, jgd.adam(0.01), key=jax.random.key(0), **{**kwargs, "model_state": rest0})
+    assert not np.allclose(a.losses, none.losses)
+
+
+def test_nnx_optimizer_with_a_jgd_rule_equals_the_optax_rule():
+    def run(tx):
+        model = NnxNet(nnx.Rngs(0), rate=0.0)
+        optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+        @nnx.jit
+        def step(model, optimizer, x, y):
+            grads = nnx.grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
+            optimizer.update(model, grads)
+
+        for _ in range(10):
+            step(model, optimizer, X, Y)
+        return nnx.state(model, nnx.Param)
+
+    with oracle():
+        expected = run(optax.adam(0.01))
+        actual = run(jgd.adam(0.01))
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- equinox
+
+eqx = pytest.importorskip("equinox")
+
+
+class EqxNet(eqx.Module):
+    bn: eqx.nn.BatchNorm
+    dropout: eqx.nn.Dropout
+    linear: eqx.nn.Linear
+
+    def __init__(self, key, rate=0.2):
+        self.bn = eqx.nn.BatchNorm(D, axis_name="batch", momentum=0.9)
+        self.dropout = eqx.nn.Dropout(rate)
+        self.linear = eqx.nn.Linear(D, 1, key=key)
+
+    def __call__(self, x, state, key):
+        h, state = self.bn(x, state)
+        return self.linear(self.dropout(h, key=key))[0], state
+
+
+def eqx_problem(rate=0.2):
+    model, state = eqx.nn.make_with_state(EqxNet)(jax.random.key(0), rate)
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+
+    def loss(params, state, batch, key):
+        model = eqx.combine(params, static)
+        keys = jax.random.split(key, batch[0].shape[0])
+        pred, state = jax.vmap(model, axis_name="batch", in_axes=(0, None, 0), out_axes=(0, None))(
+            batch[0], state, keys)
+        return jnp.mean((pred - batch[1]) ** 2), state
+
+    return params, static, state, loss
+
+
+def test_equinox_state_and_dropout_through_minimize():
+    params, static, state, loss = eqx_problem()
+    r = jgd.minimize(loss, params, jgd.adam(0.01), steps=25, data=(X, Y), model_state=state, with_key=True)
+    model = eqx.combine(r.params, static)
+    # equinox's EMA batch norm takes the first batch's statistics, then averages: the input
+    # is fixed, so the running mean is the features' mean from the first step on.
+    np.testing.assert_allclose(r.model_state.get(model.bn.state_index)[0], X.mean(0), rtol=1e-5, atol=1e-7)
+    again = jgd.minimize(loss, params, jgd.adam(0.01), steps=25, data=(X, Y), model_state=state, with_key=True)
+    np.testing.assert_array_equal(r.losses, again.losses)
+    other = jgd.minimize(loss, params, jgd.adam(0.01), steps=25, data=(X, Y), model_state=state, with_key=True,
+                         key=jax.random.key(9))
+    assert not np.array_equal(r.losses, other.losses)
+
+
+def test_a_whole_equinox_model_as_params_says_how_to_split_it():
+    model, _ = eqx.nn.make_with_state(EqxNet)(jax.random.key(0))
+    with pytest.raises(TypeError, match=r"eqx\.partition\(model, eqx\.is_inexact_array\)"):
+        jgd.minimize(lambda m: jnp.sum(m.linear.weight), model, jgd.sgd(0.1), steps=2)
