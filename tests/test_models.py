@@ -52,7 +52,7 @@ def test_nnx_batch_norm_statistics_follow_their_closed_form():
     r = jgd.minimize(loss, params, jgd.adam(0.01), steps=25, data=(X, Y), model_state=rest, with_key=True)
     model = nnx.merge(graphdef, r.params, r.model_state)
     expected = (1 - 0.9 ** 25) * X.mean(0)  # running mean starts at 0, the input is fixed
-    np.testing.assert_allclose(model.bn.mean.value, expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(model.bn.mean[...], expected, rtol=1e-5, atol=1e-7)
     assert float(r.losses[-1]) < float(r.losses[0])
 
 
@@ -90,6 +90,32 @@ def test_nnx_optimizer_with_a_jgd_rule_equals_the_optax_rule():
         np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
 
 
+def test_nnx_optimizer_compiles_once_with_the_documented_workaround():
+    class Small(nnx.Module):
+        def __init__(self, rngs):
+            self.linear = nnx.Linear(D, 1, rngs=rngs)
+
+    traces = {"n": 0}
+
+    @nnx.jit
+    def step(model, optimizer):
+        traces["n"] += 1
+        optimizer.update(model, nnx.grad(lambda m: jnp.mean((m.linear(X)[:, 0] - Y) ** 2))(model))
+
+    def run(make_tx, wrap):
+        traces["n"] = 0
+        for lr in (1e-3, 2e-3):
+            model = Small(nnx.Rngs(0))
+            optimizer = nnx.Optimizer(model, jgd.adam(1e-3), wrt=nnx.Param)
+            optimizer.tx = wrap(make_tx(lr)) if wrap else make_tx(lr)
+            step(model, optimizer)
+        return traces["n"]
+
+    with oracle():
+        assert run(lambda lr: jgd.adam(lr), None) == 2  # the trap: tx is static
+        assert run(lambda lr: jgd.adam(jnp.asarray(lr)), nnx.data) == 1
+
+
 # --------------------------------------------------------------------------- equinox
 
 eqx = pytest.importorskip("equinox")
@@ -101,7 +127,7 @@ class EqxNet(eqx.Module):
     linear: eqx.nn.Linear
 
     def __init__(self, key, rate=0.2):
-        self.bn = eqx.nn.BatchNorm(D, axis_name="batch", momentum=0.9)
+        self.bn = eqx.nn.BatchNorm(D, axis_name="batch", momentum=0.9, mode="batch")
         self.dropout = eqx.nn.Dropout(rate)
         self.linear = eqx.nn.Linear(D, 1, key=key)
 
@@ -128,14 +154,37 @@ def test_equinox_state_and_dropout_through_minimize():
     params, static, state, loss = eqx_problem()
     r = jgd.minimize(loss, params, jgd.adam(0.01), steps=25, data=(X, Y), model_state=state, with_key=True)
     model = eqx.combine(r.params, static)
-    # equinox's EMA batch norm takes the first batch's statistics, then averages: the input
-    # is fixed, so the running mean is the features' mean from the first step on.
-    np.testing.assert_allclose(r.model_state.get(model.bn.state_index)[0], X.mean(0), rtol=1e-5, atol=1e-7)
+    # equinox's "batch" mode keeps an exponential average from zero and a step counter:
+    # the input is fixed, so after T steps the average is (1 − 0.9^T)·mean.
+    hidden_mean, _ = r.model_state.get(model.bn.batch_state_index)
+    np.testing.assert_allclose(hidden_mean, (1 - 0.9 ** 25) * X.mean(0), rtol=1e-5, atol=1e-7)
+    assert int(r.model_state.get(model.bn.batch_counter)) == 25
     again = jgd.minimize(loss, params, jgd.adam(0.01), steps=25, data=(X, Y), model_state=state, with_key=True)
     np.testing.assert_array_equal(r.losses, again.losses)
     other = jgd.minimize(loss, params, jgd.adam(0.01), steps=25, data=(X, Y), model_state=state, with_key=True,
                          key=jax.random.key(9))
     assert not np.array_equal(r.losses, other.losses)
+
+
+def test_equinox_filter_jit_compiles_once_with_array_hyperparameters():
+    traces = {"n": 0}
+
+    @eqx.filter_jit
+    def step(opt, w, state):
+        traces["n"] += 1
+        updates, state = opt.update(jax.grad(lambda w: jnp.sum((X @ w - Y) ** 2))(w), state, w)
+        return jgd.apply_updates(w, updates), state
+
+    w = jnp.zeros(D)
+    for lr in (1e-3, 2e-3):
+        opt = jgd.adam(lr)
+        step(opt, w, opt.init(w))
+    assert traces["n"] == 2  # Python floats are static to filter_jit
+    traces["n"] = 0
+    for lr in (1e-3, 2e-3):
+        opt = jgd.adam(jnp.asarray(lr))
+        step(opt, w, opt.init(w))
+    assert traces["n"] == 1
 
 
 def test_a_whole_equinox_model_as_params_says_how_to_split_it():

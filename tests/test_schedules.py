@@ -121,3 +121,19 @@ def test_sweep_over_the_peak_and_warmup_compiles_once_and_equals_minimize():
 def test_bad_input(make, error, match):
     with pytest.raises(error, match=match):
         make()
+
+
+def test_optax_wrappers_cannot_be_jit_arguments_but_jgd_chains_compile_once():
+    """The README's table: an optax chain around a jgd rule is not a pytree of arrays."""
+    w = jnp.zeros(3)
+    counter = TraceCounter(lambda opt, w, s: opt.update(jnp.ones(3), s, w))
+    step = jax.jit(counter)
+    with oracle():
+        wrapped = optax.chain(optax.clip(1.0), jgd.adam(1e-3))
+        with pytest.raises(TypeError):
+            step(wrapped, w, wrapped.init(w))
+    counter.count = 0
+    for lr in (1e-3, 2e-3):
+        chained = jgd.chain(jgd.clip(1.0), jgd.adam(lr))
+        step(chained, w, chained.init(w))
+    assert counter.count == 1
