@@ -567,10 +567,20 @@ def _loop(config, opt, params, model_state, state, key, data, eval_data, tol):
         diverged: jax.Array
         aux: Any
 
-    def one_step(c, segment_end):
+    def per_step_inputs(first):
+        """The batch indices and keys of steps ``first, …, first + segment − 1``, computed
+        for the whole segment at once (vectorised; each depends on its step count alone)."""
+        steps_ = first + jnp.arange(segment, dtype=jnp.int32)
+        index = None
+        if config.batch_size is not None:
+            n = jax.tree.leaves(data)[0].shape[0]
+            index = jax.vmap(lambda t: _sampling.batch_indices(sample_key, t, n, config.batch_size))(steps_)
+        keys = jax.vmap(lambda t: jax.random.fold_in(step_key, t))(steps_) if config.with_key else None
+        return index, keys
+
+    def one_step(c, segment_end, index, key):
         active = (c.t < segment_end) & ~c.converged & ~c.diverged
-        batch = _sampling.batch_at(data, sample_key, c.t, config.batch_size)
-        key = jax.random.fold_in(step_key, c.t) if config.with_key else None
+        batch = data if index is None else jax.tree.map(lambda x: jnp.take(x, index, axis=0), data)
         loss, new_model_state, aux, grads = _value_and_grad(config, c.params, c.model_state, batch, key)
         norm = global_norm(grads)
         diverged = active & ~jnp.isfinite(loss)
@@ -612,7 +622,8 @@ def _loop(config, opt, params, model_state, state, key, data, eval_data, tol):
         s = c.step
         segment_start = s.t
         segment_end = jnp.minimum(end, (segment_start // segment + 1) * segment)
-        s, record = jax.lax.scan(lambda s, _: one_step(s, segment_end), s, length=segment)
+        s, record = jax.lax.scan(lambda s, xs: one_step(s, segment_end, *xs), s, per_step_inputs(segment_start),
+                                 length=segment)
         offset = segment_start - start
         write = lambda buffer, rows: jax.lax.dynamic_update_slice_in_dim(buffer, rows, offset, 0)  # noqa: E731
         losses, grad_norms = write(c.losses, record[0]), write(c.grad_norms, record[1])
