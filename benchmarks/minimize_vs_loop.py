@@ -11,12 +11,11 @@ speed-up any compiled loop can reach on that model and machine.
 
 import argparse
 
-from _common import interleaved, write
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _common import interleaved, write
 
 import jgd
 

@@ -18,12 +18,11 @@ import pathlib
 import sys
 import tempfile
 
-from _common import HERE, interleaved, write
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _common import HERE, interleaved, write
 
 import jgd
 

@@ -16,10 +16,9 @@ import os
 # torch's OpenMP workers otherwise spin after each step and slow the next contender.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from _common import HERE, interleaved, write
-
 import jax
 import optax
+from _common import HERE, interleaved, write
 
 import jgd
 from jgd.benchmark import bytes_per_step, make_tree, roofline_runner, update_runner

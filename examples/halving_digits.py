@@ -16,9 +16,9 @@ import time
 
 import jax
 import numpy as np
+from sweep_digits import init_mlp, loss, metrics, splits
 
 import jgd
-from sweep_digits import init_mlp, loss, metrics, splits
 
 
 def momentum_with_decay(learning_rate, beta, weight_decay):

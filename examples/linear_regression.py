@@ -6,7 +6,6 @@ descent with every smooth jgd variant, next to the closed-form optimum (numpy ls
 
 import argparse
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from sklearn.datasets import load_diabetes

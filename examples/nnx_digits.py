@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from sweep_digits import splits
 
 import jgd
-from sweep_digits import splits
 
 
 class MLP(nnx.Module):

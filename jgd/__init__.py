@@ -3,14 +3,14 @@
 from jgd import prox, schedules
 from jgd.adaptive import adagrad, adam, adamw, rmsprop
 from jgd.evaluation import Eval
-from jgd.minimize import LoopState, Result, minimize
-from jgd.sweep import SweepResult, sweep
+from jgd.flat import flat
 from jgd.halving import halving
-from jgd.search import choice, loguniform, uniform
+from jgd.minimize import LoopState, Result, minimize
 from jgd.nonsmooth import subgradient
 from jgd.proximal import proximal_gradient
+from jgd.search import choice, loguniform, uniform
 from jgd.smooth import momentum, nesterov, sgd
-from jgd.flat import flat
+from jgd.sweep import SweepResult, sweep
 from jgd.wrappers import (
     accumulate,
     add_decayed_weights,
@@ -21,7 +21,7 @@ from jgd.wrappers import (
     skip_nonfinite,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "accumulate",

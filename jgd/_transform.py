@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import numbers
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -171,7 +172,7 @@ def check_same_structure(name: str, tree, other_name: str, other, hint: str = ""
     if other is None:
         return
     a, b = jax.tree.structure(tree), jax.tree.structure(other)
-    if a != b:
+    if a != b:  # type: ignore[operator]
         raise ValueError(
             f"{name} and {other_name} must have the same tree structure, got\n"
             f"  {name}: {a}\n  {other_name}: {b}{hint}"
@@ -304,7 +305,7 @@ def map_leaves(fn: Callable, num_outputs: int, tree, *rest):
             "\n(was the state made by this optimizer's init for params shaped like these updates?)",
         )
     outer = jax.tree.structure(tree)
-    if outer.num_leaves == 0:
+    if outer.num_leaves == 0:  # type: ignore[attr-defined]
         return tuple(tree for _ in range(num_outputs))
     out = jax.tree.map(fn, tree, *rest)
     return jax.tree.transpose(outer, jax.tree.structure((0,) * num_outputs), out)
@@ -328,7 +329,7 @@ def increment(count):
 class CountState(NamedTuple):
     """State of a rule that only needs the step count (for schedules)."""
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]
 
 
 def zero_count():

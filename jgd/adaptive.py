@@ -42,7 +42,7 @@ __all__ = [
 
 
 class AdagradState(NamedTuple):
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]
     sum_of_squares: optax.Params
 
 
@@ -101,7 +101,7 @@ def _adagrad_update(hp, updates, state, params=None, **extra):
 
 
 class RMSPropState(NamedTuple):
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]
     nu: optax.Params
     mu: optax.Params  # None unless centered
 
@@ -173,7 +173,7 @@ def _rmsprop_update(hp, updates, state, params=None, **extra):
 
 
 class AdamState(NamedTuple):
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]
     mu: optax.Params
     nu: optax.Params
 

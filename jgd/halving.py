@@ -4,7 +4,7 @@ continue from where they stopped."""
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -146,6 +146,7 @@ def halving(
         kept_rows = (keep[:, None] * seeds + np.arange(seeds)).ravel()
         carried = jax.tree.map(lambda x: x[kept_rows], out["carried"])
 
+    assert store is not None  # there is always a rung
     store.pop("stopped")
     store = jax.tree.map(lambda x: x.reshape((num, seeds) + x.shape[1:]), store)
     store["eval_steps"] = every * np.arange(1, steps // every + 1, dtype=np.int32)

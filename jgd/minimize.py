@@ -12,7 +12,8 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +36,19 @@ _SEGMENT = 32
 class LoopState(NamedTuple):
     """What a run needs to continue exactly: the optimizer state, the number of steps
     taken so far (the sampler's position, the evaluation schedule and the per-step keys
-    all follow from it) and the best iterate so far."""
+    all follow from it) and the best iterate so far.
+
+    Example::
+
+      >>> f = lambda w: jnp.sum((w - 1.0) ** 2)
+      >>> first = jgd.minimize(f, jnp.zeros(2), jgd.adam(0.1), steps=30)
+      >>> int(first.state.step)
+      30
+      >>> second = jgd.minimize(f, first.params, jgd.adam(0.1), steps=30, init_state=first.state, key=first.key)
+      >>> whole = jgd.minimize(f, jnp.zeros(2), jgd.adam(0.1), steps=60)
+      >>> bool((second.params == whole.params).all())  # 30 + 30 steps are 60 steps, bit for bit
+      True
+    """
 
     opt_state: Any
     step: jax.Array
@@ -55,6 +68,14 @@ class Result(NamedTuple):
     stop). ``state`` and ``key`` continue the run: ``minimize(fun, r.params, opt,
     init_state=r.state, key=r.key, ...)``. ``aux`` is the auxiliary output of the last
     recorded step (``has_aux=True``), or of every step with ``record_aux=True``.
+
+    Example::
+
+      >>> r = jgd.minimize(lambda w: jnp.sum(w ** 2), jnp.ones(2), jgd.sgd(0.1), steps=50, tol=1e-3)
+      >>> int(r.num_steps), bool(r.converged), r.losses.shape  # stopped on tol, NaN past the stop
+      (37, True, (50,))
+      >>> bool(jnp.isnan(r.losses[37:]).all())
+      True
     """
 
     params: Any
@@ -253,8 +274,8 @@ def minimize(
     Example::
 
       >>> r = jgd.minimize(lambda w: jnp.sum((w - 3.0) ** 2), jnp.zeros(2), jgd.sgd(0.1), steps=100)
-      >>> r.params
-      Array([3., 3.], dtype=float32)
+      >>> r.params.round(4), int(r.num_steps), bool(r.converged)
+      (Array([3., 3.], dtype=float32), 100, False)
     """
     if save_dir is not None or save_every is not None:
         from jgd.checkpoint import minimize_saved

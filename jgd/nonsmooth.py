@@ -42,8 +42,13 @@ def subgradient(learning_rate, rule: str = "sqrt", f_star=None) -> optax.Gradien
 
     Example::
 
+      >>> f = lambda x: jnp.sum(jnp.abs(x - 1.0))  # non-smooth, f* = 0
       >>> opt = jgd.subgradient(1.0, rule="polyak", f_star=0.0)
-      >>> updates, state = opt.update(grads, state, params, value=loss)
+      >>> x = jnp.zeros(2)
+      >>> state = opt.init(x)
+      >>> updates, state = opt.update(jax.grad(f)(x), state, x, value=f(x))
+      >>> jgd.apply_updates(x, updates).round(4)  # Polyak's step lands on the kink
+      Array([1., 1.], dtype=float32)
 
     References: N. Z. Shor, "Minimization Methods for Non-Differentiable Functions",
     1985; B. T. Polyak, "Introduction to Optimization", 1987, §5.3; S. Boyd,

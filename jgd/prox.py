@@ -4,6 +4,13 @@
 ``jax.tree_util.Partial`` over its numeric parameters, so a strength is a pytree leaf
 (sweepable, no recompiles). Any function ``(x, step) -> x`` may be used instead.
 Projections reuse ``optax.projections``.
+
+Example::
+
+  >>> jgd.prox.l1(1.0)(jnp.array([3.0, -0.5, 1.5]), 0.5)  # soft threshold at 0.5
+  Array([ 2.5, -0. ,  1. ], dtype=float32)
+  >>> jgd.prox.box(0.0, 1.0)({"a": jnp.array([-1.0, 2.0])}, 1.0)
+  {'a': Array([0., 1.], dtype=float32)}
 """
 
 from __future__ import annotations

@@ -14,15 +14,15 @@ Example::
 
   >>> lr = jgd.schedules.warmup_cosine_decay(0.0, peak_value=1e-2, warmup_steps=10, decay_steps=100)
   >>> opt = jgd.adam(lr)
-  >>> float(lr(10))
-  0.01
+  >>> round(float(lr(10)), 6), round(float(lr(100)), 6)  # the peak after warmup, then 0
+  (0.01, 0.0)
   >>> jax.tree.leaves(lr)  # the numbers are the schedule's leaves (step counts as floats)
   [0.0, 0.01, 10.0, 100.0, 0.0, 1.0]
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

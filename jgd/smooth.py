@@ -61,7 +61,7 @@ def _sgd_update(hp, updates, state, params=None, **extra):
 
 
 class MomentumState(NamedTuple):
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]
     trace: optax.Params
 
 
@@ -111,6 +111,13 @@ def nesterov(learning_rate, beta=0.9, *, state_dtype=None):
     r"""Nesterov momentum: ``momentum(learning_rate, beta, nesterov=True)``.
 
     .. math:: m_t = g_t + \beta m_{t-1}, \qquad u_t = -\eta_t (g_t + \beta m_t).
+
+    Example::
+
+      >>> opt = jgd.nesterov(0.1, beta=0.5)
+      >>> updates, state = opt.update(jnp.ones(2), opt.init(jnp.zeros(2)))
+      >>> updates  # -0.1·(1 + 0.5·1)
+      Array([-0.15, -0.15], dtype=float32)
 
     Reference: Nesterov 1983; Sutskever et al., ICML 2013.
     """

@@ -8,7 +8,7 @@ import inspect
 import itertools
 import math
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -214,7 +214,7 @@ def sweep(
       >>> best = s.best()
       >>> best["learning_rate"], best["beta"]
       (0.1, 0.0)
-      >>> best["params"]  # the winner's trained params, no retraining
+      >>> best["params"].round(3)  # the winner's trained params, no retraining
       array([1., 1.], dtype=float32)
     """
     if not callable(factory):

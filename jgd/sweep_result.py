@@ -60,6 +60,17 @@ class SweepResult:
         samples and the grid shape is ``(N,)``.
       rung, steps_spent: with :func:`jgd.halving`, the last rung each configuration
         reached and the run-steps of all configurations together (for one seed).
+
+    Example::
+
+      >>> s = jgd.sweep(lambda w: jnp.sum((w - 1.0) ** 2), jnp.zeros(2), jgd.sgd,
+      ...               {"learning_rate": [0.01, 0.1, 10.0]}, seeds=2, steps=20)
+      >>> s.losses.shape, s.params.shape  # (learning rates, seeds, ...)
+      ((3, 2, 20), (3, 2, 2))
+      >>> s.diverged[:, 0].tolist()  # a step of 10 diverges, in its own row only
+      [False, False, True]
+      >>> s.best()["learning_rate"]
+      0.1
     """
 
     grid: dict
@@ -70,10 +81,10 @@ class SweepResult:
     num_steps: np.ndarray
     converged: np.ndarray
     diverged: np.ndarray
-    stopped_early: np.ndarray = None
-    best_step: np.ndarray = None
+    stopped_early: np.ndarray | None = None
+    best_step: np.ndarray | None = None
     evals: dict = dataclasses.field(default_factory=dict)
-    eval_steps: np.ndarray = None
+    eval_steps: np.ndarray | None = None
     aux: Any = None
     params: Any = None
     best_params: Any = None
@@ -82,11 +93,11 @@ class SweepResult:
     monitor: str | None = None
     mode: str = "min"
     sampled: bool = False
-    rung: np.ndarray = None
+    rung: np.ndarray | None = None
     steps_spent: int | None = None
 
     @classmethod
-    def from_runs(cls, out: dict, **fields) -> "SweepResult":
+    def from_runs(cls, out: dict, **fields) -> SweepResult:
         """From the per-run outputs of a sweep's program (numpy, leading run axes)."""
         losses, num_steps = out["losses"], out["num_steps"]
         last = np.clip(num_steps - 1, 0, None)

@@ -42,7 +42,13 @@ __all__ = [
 def apply_updates(params, updates):
     """``params + updates`` leaf by leaf, as ``optax.apply_updates``: the sum is taken in
     the wider of the two dtypes and cast back to the params' dtype (bf16 params with
-    float32 updates round once), and it also works under strict dtype promotion."""
+    float32 updates round once), and it also works under strict dtype promotion.
+
+    Example::
+
+      >>> jgd.apply_updates({"w": jnp.ones(2, jnp.bfloat16)}, {"w": jnp.full(2, 0.5)})
+      {'w': Array([1.5, 1.5], dtype=bfloat16)}
+    """
 
     def leaf(p, u):
         if p is None:
@@ -97,6 +103,13 @@ def clip_by_global_norm(max_norm) -> optax.GradientTransformationExtraArgs:
     r"""Rescales the updates so their global norm is at most ``max_norm``:
     :math:`u \leftarrow u \cdot \min(1, c / \|u\|)`. Equals ``optax.clip_by_global_norm``.
 
+    Example::
+
+      >>> opt = jgd.chain(jgd.clip_by_global_norm(1.0), jgd.sgd(1.0))
+      >>> updates, _ = opt.update(jnp.array([3.0, 4.0]), opt.init(jnp.zeros(2)))
+      >>> updates  # the gradient (norm 5) rescaled to norm 1, then a step of -1
+      Array([-0.6, -0.8], dtype=float32)
+
     Reference: Pascanu, Mikolov & Bengio, "On the difficulty of training recurrent
     neural networks", ICML 2013.
     """
@@ -114,7 +127,14 @@ def _clip_norm_update(hp, updates, state, params=None, **extra):
 
 
 def clip(max_abs) -> optax.GradientTransformationExtraArgs:
-    """Clips every coordinate to ``[-max_abs, max_abs]``. Equals ``optax.clip``."""
+    """Clips every coordinate to ``[-max_abs, max_abs]``. Equals ``optax.clip``.
+
+    Example::
+
+      >>> opt = jgd.clip(0.5)
+      >>> opt.update(jnp.array([-2.0, 0.1, 3.0]), opt.init(jnp.zeros(3)))[0]
+      Array([-0.5,  0.1,  0.5], dtype=float32)
+    """
     check_scalar("max_abs", max_abs, lower=0.0)
     return transformation(_stateless_init, _clip_update, max_abs=max_abs)
 
@@ -131,7 +151,15 @@ def _clip_update(hp, updates, state, params=None, **extra):
 
 def add_decayed_weights(rate) -> optax.GradientTransformationExtraArgs:
     r"""Adds ``rate · params`` to the updates (L2 regularisation's gradient):
-    :math:`u \leftarrow u + \lambda x`. Equals ``optax.add_decayed_weights``."""
+    :math:`u \leftarrow u + \lambda x`. Equals ``optax.add_decayed_weights``.
+
+    Example::
+
+      >>> opt = jgd.chain(jgd.add_decayed_weights(0.1), jgd.sgd(1.0))  # SGD on f + 0.05‖x‖²
+      >>> x = jnp.array([1.0, -2.0])
+      >>> opt.update(jnp.zeros(2), opt.init(x), x)[0]
+      Array([-0.1,  0.2], dtype=float32)
+    """
     check_scalar("rate", rate)
     return transformation(_stateless_init, _decay_update, rate=rate)
 
@@ -231,8 +259,11 @@ def skip_nonfinite(opt) -> optax.GradientTransformationExtraArgs:
     Example::
 
       >>> opt = jgd.skip_nonfinite(jgd.adam(1e-3))
+      >>> params = jnp.zeros(2)
       >>> state = opt.init(params)
-      >>> updates, state = opt.update(grads, state, params)  # zeros if grads hold a NaN
+      >>> updates, state = opt.update(jnp.array([1.0, jnp.nan]), state, params)
+      >>> updates, state.skipped
+      (Array([0., 0.], dtype=float32), Array(1, dtype=int32))
     """
     _check_transform("opt", opt)
     return transformation(_skip_init, _skip_update, opt=opt)

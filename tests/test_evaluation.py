@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from problems import diabetes
 
 import jgd
-from problems import diabetes
 
 X, Y = diabetes()
 X_TRAIN, Y_TRAIN, X_VAL, Y_VAL = X[:300], Y[:300], X[300:], Y[300:]

@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from problems import diabetes, least_squares, oracle
 
 import jgd
-from problems import diabetes, least_squares, oracle
 
 minimize_module = importlib.import_module("jgd.minimize")
 

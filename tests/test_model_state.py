@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from problems import diabetes
 
 import jgd
-from problems import diabetes
 
 X, Y = diabetes()
 W0 = jnp.zeros(X.shape[1], jnp.float32)
@@ -44,7 +44,8 @@ def key_recording_loss(w, batch, key):
     return 0.5 * jnp.mean(r * r), jax.random.key_data(key)
 
 
-def run_keys(steps, microbatches=1, key=jax.random.key(1), **kwargs):
+def run_keys(steps, microbatches=1, key=None, **kwargs):
+    key = jax.random.key(1) if key is None else key
     return jgd.minimize(key_recording_loss, W0, jgd.sgd(0.01), steps=steps, data=(X, Y), batch_size=32,
                         microbatches=microbatches, key=key, with_key=True, has_aux=True, record_aux=True, **kwargs)
 

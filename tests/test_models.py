@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from problems import diabetes, oracle
 
 import jgd
-from problems import diabetes, oracle
 
 X, Y = diabetes()
 X = X[:128]

@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from problems import TraceCounter, diabetes, lad_problem, lasso_problem, mixed_tree
 from scipy.optimize import nnls
 
 import jgd
-from problems import TraceCounter, diabetes, lad_problem, lasso_problem, mixed_tree
 
 RULES = ["constant", "length", "sqrt", "harmonic", "polyak"]
 

@@ -6,8 +6,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
-import jgd
 from problems import (
     ACCEPTANCE_LR,
     NUMERIC_HPARAMS,
@@ -22,6 +20,8 @@ from problems import (
     rosenbrock,
     run,
 )
+
+import jgd
 
 grad = jax.grad(quadratic_loss)
 LR = 0.01

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
-import jgd
 import sweep_case
 from problems import TraceCounter, oracle
+
+import jgd
 
 S = jgd.schedules
 COUNTS = np.arange(0, 130)

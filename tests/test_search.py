@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import sweep_case
 from scipy import stats
 
 import jgd
-import sweep_case
 
 X_VAL, Y_VAL = sweep_case.X[:16] + 0.5, sweep_case.Y[:16]
 

@@ -11,10 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import jgd
 import sweep_case
 from problems import TraceCounter
+
+import jgd
 
 HERE = pathlib.Path(__file__).resolve().parent
 
