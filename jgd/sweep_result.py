@@ -187,6 +187,8 @@ class SweepResult:
         if self.monitor is not None:
             columns[f"best {self.monitor}"] = self.best_loss.mean(-1)
             columns["best step"] = self.best_step.mean(-1)
+        if self.rung is not None:
+            columns["rung"] = self.rung
         return columns
 
     def table(self, top: int | None = None) -> str:
@@ -194,8 +196,8 @@ class SweepResult:
         (the best row marked ``*``): the hyperparameters; ``final loss``, the mean over
         seeds of each run's last training (mini-batch) loss; each eval metric's last
         recorded value; with a monitor ``best <metric>`` and ``best step``, the mean best
-        value and where it was reached; ``seed std`` of the score; ``diverged`` where a
-        run did."""
+        value and where it was reached; with :func:`jgd.halving` the ``rung`` each point
+        reached; ``seed std`` of the score; ``diverged`` where a run did."""
         import warnings
 
         mean, values, by, mode = self._point_scores()
