@@ -95,6 +95,11 @@ class Hyperparams:
     def __setattr__(self, name, value):
         raise AttributeError("Hyperparams are immutable")
 
+    def __reduce__(self):
+        # pickle and copy.deepcopy rebuild through __init__ (the default would set
+        # attributes on an empty, immutable object)
+        return _rebuild_hyperparams, (object.__getattribute__(self, "_values"),)
+
     def items(self):
         return {k: unwrap(v) for k, v in self._values.items()}.items()
 
@@ -113,6 +118,10 @@ class Hyperparams:
     @classmethod
     def tree_unflatten(cls, keys, children):
         return cls(**dict(zip(keys, children)))
+
+
+def _rebuild_hyperparams(values):
+    return Hyperparams(**values)
 
 
 def transformation(
