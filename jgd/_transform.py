@@ -320,15 +320,37 @@ def map_leaves(fn: Callable, num_outputs: int, tree, *rest):
     return jax.tree.transpose(outer, jax.tree.structure((0,) * num_outputs), out)
 
 
+def abs_sq(x):
+    """|x|² entry by entry, real for complex x (``x * x`` would be complex and wrong)."""
+    x = jnp.asarray(x)
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        return jnp.real(x * jnp.conj(x))
+    return jnp.square(x)
+
+
 def global_norm(tree):
-    """The Euclidean norm of all leaves together, accumulated in at least float32."""
+    """The Euclidean norm of all leaves together (|x|² for complex entries), accumulated
+    in at least float32; real."""
     leaves = jax.tree.leaves(tree)
     dtype = functools.reduce(wider, [jnp.result_type(x) for x in leaves], scalar_dtype())
+    real = jnp.finfo(dtype).dtype if jnp.issubdtype(dtype, jnp.complexfloating) else dtype
     total = sum(
-        (jnp.sum(jnp.square(jnp.asarray(x).astype(dtype))) for x in leaves),
-        jnp.zeros((), dtype),
+        (jnp.sum(abs_sq(jnp.asarray(x).astype(dtype))) for x in leaves),
+        jnp.zeros((), real),
     )
     return jnp.sqrt(total)
+
+
+def refuse_complex(rule: str, params):
+    """A TypeError naming complex, for rules whose second moments would be silently wrong
+    for complex entries (``g*g`` instead of ``|g|²``)."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.complexfloating):
+            raise TypeError(
+                f"{rule} does not support complex params yet: params{jax.tree_util.keystr(path)} is "
+                f"{jnp.result_type(leaf)}. Optimize the real and imaginary parts as separate real leaves "
+                "(e.g. {'re': x.real, 'im': x.imag}), or use sgd/momentum, which are linear in the gradient"
+            )
 
 
 def increment(count):

@@ -26,6 +26,7 @@ from jgd._transform import (
     learning_rate_at,
     map_leaves,
     moments_like,
+    refuse_complex,
     transformation,
     zero_count,
 )
@@ -76,6 +77,7 @@ def adagrad(
 
 
 def _adagrad_init(hp, params):
+    refuse_complex("adagrad", params)
     return AdagradState(
         count=zero_count(),
         sum_of_squares=jax.tree.map(
@@ -142,6 +144,7 @@ def rmsprop(
 
 
 def _rmsprop_init(hp, params):
+    refuse_complex("rmsprop", params)
     nu = moments_like(params, hp.state_dtype)
     mu = moments_like(params, hp.state_dtype) if hp.centered else None
     return RMSPropState(count=zero_count(), nu=nu, mu=mu)
@@ -241,6 +244,7 @@ def _adam_family(learning_rate, b1, b2, eps, weight_decay, state_dtype):
 
 
 def _adam_init(hp, params):
+    refuse_complex("adam/adamw", params)
     return AdamState(
         count=zero_count(),
         mu=moments_like(params, hp.state_dtype),
