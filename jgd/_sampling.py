@@ -72,5 +72,9 @@ def batch_at(data, key, step, batch_size):
     if batch_size is None:
         return data
     n = jax.tree.leaves(data)[0].shape[0]
-    index = batch_indices(key, step, n, batch_size)
+    return gather(data, batch_indices(key, step, n, batch_size))
+
+
+def gather(data, index):
+    """The examples ``index`` of every leaf of ``data``."""
     return jax.tree.map(lambda x: jnp.take(x, index, axis=0), data)

@@ -142,16 +142,12 @@ def _check_segments(steps, save_dir, save_every, evaluate):
     return save_every, every
 
 
-def _nan_like(spec, prefix=()):
-    return jax.tree.map(lambda s: np.full(prefix + tuple(s.shape), np.nan if np.issubdtype(s.dtype, np.inexact) else 0,
-                                          s.dtype), spec)
-
-
 def minimize_saved(fun, params, opt, *, steps, save_dir, save_every, key, init_state, evaluate,
                    model_state, has_aux, record_aux, progress, **kwargs):
     """``minimize`` in segments of ``save_every`` steps, saved after each (DESIGN §5)."""
     from jgd.flat import layout
     from jgd.minimize import LoopState, Result, _as_key, _check_int, initial_state, minimize
+    from jgd.sweep import unfilled
 
     steps = _check_int("steps", steps, 1)
     save_every, every = _check_segments(steps, save_dir, save_every, evaluate)
@@ -170,8 +166,8 @@ def minimize_saved(fun, params, opt, *, steps, save_dir, save_every, key, init_s
         "losses": np.full((steps,), np.nan, one.losses.dtype),
         "grad_norms": np.full((steps,), np.nan, one.grad_norms.dtype),
         "evals": {k: np.full((n_evals,), np.nan, v.dtype) for k, v in (one.evals or {}).items()},
-        "aux": _nan_like(jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), one.aux), (steps,))
-        if record_aux else _nan_like(one.aux),
+        "aux": unfilled(jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), one.aux), (steps,))
+        if record_aux else unfilled(one.aux),
         "flags": np.zeros(3, bool),  # converged, diverged, stopped_early
         "num_steps": np.zeros((), np.int32),
     }

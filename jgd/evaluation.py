@@ -94,6 +94,11 @@ class EvalConfig(NamedTuple):
     patience: int | None
     has_data: bool
 
+    def bind(self, data) -> Eval:
+        """The :class:`Eval` of this configuration with ``data`` (a traced value inside a
+        sweep's program)."""
+        return Eval(self.fun, data, self.every, self.monitor, self.mode, self.patience)
+
     def metrics(self, params, model_state, data, has_model_state: bool) -> dict:
         """The metrics as a dict of floating scalars (a bare scalar is named ``"eval"``)."""
         args = (params,) + ((model_state,) if has_model_state else ()) + ((data,) if self.has_data else ())

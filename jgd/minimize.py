@@ -601,7 +601,7 @@ def _loop(config, opt, params, model_state, state, key, data, eval_data, tol):
 
     def one_step(c, segment_end, index, key):
         active = (c.t < segment_end) & ~c.converged & ~c.diverged
-        batch = data if index is None else jax.tree.map(lambda x: jnp.take(x, index, axis=0), data)
+        batch = data if index is None else _sampling.gather(data, index)
         loss, new_model_state, aux, grads = _value_and_grad(config, c.params, c.model_state, batch, key)
         norm = global_norm(grads)
         diverged = active & ~jnp.isfinite(loss)

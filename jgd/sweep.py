@@ -343,12 +343,18 @@ def _initial_program(fun, init_fn, factory, names, key_impl, state_fn, evaluatio
         p = init_fn(key) if init_fn is not None else fixed_params
         s = state_fn(key) if state_fn is not None else fixed_state
         opt = factory(**{n: point[i] for i, n in enumerate(names)})
-        evaluate = None if evaluation is None else Eval(
-            evaluation.fun, eval_data, evaluation.every, evaluation.monitor, evaluation.mode, evaluation.patience)
+        evaluate = None if evaluation is None else evaluation.bind(eval_data)
         state = initial_state(fun, p, opt, model_state=s, key=key, data=data, evaluate=evaluate, **kwargs)
         return {"params": p, "state": state, "model_state": s}
 
     return jax.jit(jax.vmap(one, in_axes=(0, 0, None, None, None, None)))
+
+
+def unfilled(spec, prefix=()):
+    """Host arrays shaped ``prefix + spec.shape`` for every leaf of ``spec``: NaN where
+    floating, 0 otherwise (what a record holds until it is written)."""
+    return jax.tree.map(lambda s: np.full(prefix + tuple(s.shape), np.nan if np.issubdtype(s.dtype, np.inexact) else 0,
+                                          s.dtype), spec)
 
 
 def empty_store(out, runs, steps, every):
@@ -357,7 +363,7 @@ def empty_store(out, runs, steps, every):
     (the shapes of) one segment's outputs."""
     def empty(x, last=None):
         shape = (runs,) + tuple(x.shape[1:]) if last is None else (runs,) + tuple(x.shape[1:-1]) + (last,)
-        return np.full(shape, np.nan if np.issubdtype(x.dtype, np.inexact) else 0, x.dtype)
+        return unfilled(jax.ShapeDtypeStruct(shape, x.dtype))
 
     store = {k: jax.tree.map(empty, v) for k, v in out.items()
              if k not in ("losses", "evals", "eval_steps", "carried")}
@@ -426,9 +432,7 @@ def _program(fun, init_fn, factory, names, chunk, kwargs, key_impl, state_fn, ha
             params = init_fn(key) if init_fn is not None else fixed_params
             model_state = state_fn(key) if state_fn is not None else fixed_state
         opt = factory(**{n: point[i] for i, n in enumerate(names)})
-        evaluate = None if evaluation is None else Eval(
-            evaluation.fun, eval_data, evaluation.every, evaluation.monitor, evaluation.mode,
-            evaluation.patience)
+        evaluate = None if evaluation is None else evaluation.bind(eval_data)
         r = minimize(fun, params, opt, key=key, data=data, evaluate=evaluate,
                      model_state=model_state if has_model_state else None, init_state=init_state,
                      tol=tol if has_tol else None, **kwargs)
