@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 __all__ = [
+    "Optimizer",
     "Hyperparams",
     "Static",
     "transformation",
@@ -34,6 +35,7 @@ __all__ = [
     "moments_like",
     "map_leaves",
     "global_norm",
+    "sqrt",
     "check_same_structure",
     "check_array_leaves",
     "CountState",
@@ -64,7 +66,7 @@ def as_hyperparameter(value):
     if isinstance(value, (tuple, list)) and not hasattr(value, "_fields"):
         return type(value)(as_hyperparameter(v) for v in value)
     leaves = jax.tree.leaves(value)
-    if leaves == [value] or not all(_is_numeric_leaf(x) for x in leaves):
+    if (len(leaves) == 1 and leaves[0] is value) or not all(_is_numeric_leaf(x) for x in leaves):
         return Static(value)
     return value
 
@@ -124,17 +126,56 @@ def _rebuild_hyperparams(values):
     return Hyperparams(**values)
 
 
-def transformation(
-    init_fn: Callable, update_fn: Callable, **hyperparams
-) -> optax.GradientTransformationExtraArgs:
+class Optimizer(optax.GradientTransformationExtraArgs):
+    """An ``optax.GradientTransformationExtraArgs`` whose pytree leaves are its
+    hyperparameters, each exactly once.
+
+    ``init`` and ``update`` are ``jax.tree_util.Partial``s over the same
+    :class:`Hyperparams`; flattened as a namedtuple, every hyperparameter would be a leaf
+    twice (a batched optimizer would need ``in_axes`` for both copies, and ``jax.grad``
+    with respect to the optimizer would split each derivative in two). This subclass
+    flattens to the hyperparameters once and rebuilds both functions from them.
+    """
+
+    __slots__ = ()
+
+    @property
+    def hyperparams(self) -> Hyperparams:
+        return self.init.args[1]
+
+
+def _optimizer_flatten(opt: Optimizer):
+    return [(jax.tree_util.GetAttrKey("hyperparams"), opt.hyperparams)], (
+        opt.init.args[0],
+        opt.update.args[0],
+    )
+
+
+def _optimizer_unflatten(functions, children):
+    (hp,) = children
+    init_fn, update_fn = functions
+    return Optimizer(
+        jax.tree_util.Partial(_init, init_fn, hp),
+        jax.tree_util.Partial(_update, update_fn, hp),
+    )
+
+
+jax.tree_util.register_pytree_with_keys(
+    Optimizer,
+    _optimizer_flatten,
+    _optimizer_unflatten,
+    lambda opt: ([opt.hyperparams], (opt.init.args[0], opt.update.args[0])),
+)
+
+
+def transformation(init_fn: Callable, update_fn: Callable, **hyperparams) -> Optimizer:
     """Builds an optimizer from ``init_fn(hp, params)`` and ``update_fn(hp, updates, state,
     params=None, **extra)``. Both functions must be module-level (their identity is part of
-    the jit cache key)."""
+    the jit cache key). Pass each hyperparameter once, as the user gave it; numbers derived
+    from it (``1 - b1``) are computed inside ``update_fn`` so they are not leaves of their own.
+    """
     hp = Hyperparams(**{k: as_hyperparameter(v) for k, v in hyperparams.items()})
-    return optax.GradientTransformationExtraArgs(
-        jax.tree_util.Partial(_init, Static(init_fn), hp),
-        jax.tree_util.Partial(_update, Static(update_fn), hp),
-    )
+    return _optimizer_unflatten((Static(init_fn), Static(update_fn)), [hp])
 
 
 def _init(init_fn, hp, params):
@@ -339,6 +380,24 @@ def global_norm(tree):
         jnp.zeros((), real),
     )
     return jnp.sqrt(total)
+
+
+@jax.custom_jvp
+def sqrt(x):
+    """``jnp.sqrt`` whose derivative at 0 is taken as 0 instead of infinity.
+
+    A second moment is 0 only where every gradient so far was 0, and then its tangent is
+    0 too (d(g²) = 2g·dg), so the true directional derivative is 0; ``jnp.sqrt``'s
+    infinite slope would turn it into ``0 · inf = NaN`` in hypergradients."""
+    return jnp.sqrt(x)
+
+
+@sqrt.defjvp
+def _sqrt_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    root = jnp.sqrt(x)
+    safe = jnp.where(x > 0, root, 1)
+    return root, jnp.where(x > 0, dx / (2 * safe), jnp.zeros_like(dx))
 
 
 def refuse_complex(rule: str, params):

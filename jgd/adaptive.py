@@ -3,9 +3,11 @@
 Each leaf's new moments and its update are computed in one expression, so XLA emits a
 single fused pass per leaf; bias corrections are folded into scalars.
 
-Complements such as ``1 - b2`` are stored next to the decay rates they come from:
-computed from a Python float they keep double precision (``1 - float32(0.999)`` is off
-by 1.3e-5), which is what optax gets by closing over the constant.
+Complements such as ``1 - b2`` are computed inside ``update`` from the one leaf each
+decay rate is: from a Python float (an eager call, or an optimizer closed over by a jitted
+function) they keep double precision, as optax's closed-over constants do; from a traced
+float32 leaf (an optimizer passed into ``jit``) they are float32's ``1 - float32(0.999)``,
+as with optax's ``inject_hyperparams``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from jgd._transform import (
     map_leaves,
     moments_like,
     refuse_complex,
+    sqrt,
     transformation,
     zero_count,
 )
@@ -136,7 +139,6 @@ def rmsprop(
         _rmsprop_update,
         learning_rate=learning_rate,
         decay=decay,
-        one_minus_decay=1 - decay,
         eps=eps,
         centered=centered,
         state_dtype=check_state_dtype(state_dtype),
@@ -156,7 +158,7 @@ def _rmsprop_update(hp, updates, state, params=None, **extra):
 
     def step(g, v, m=None):
         decay = jnp.asarray(hp.decay, v.dtype)
-        one_minus_decay = jnp.asarray(hp.one_minus_decay, v.dtype)
+        one_minus_decay = jnp.asarray(1 - hp.decay, v.dtype)
         eps = jnp.asarray(hp.eps, v.dtype)
         g_ = g.astype(v.dtype)
         v = one_minus_decay * (g_ * g_) + decay * v
@@ -182,16 +184,19 @@ class AdamState(NamedTuple):
 
 
 def adam(
-    learning_rate, b1=0.9, b2=0.999, eps=1e-8, *, state_dtype=None
+    learning_rate, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, *, state_dtype=None
 ) -> optax.GradientTransformationExtraArgs:
     r"""Adam: bias-corrected first and second moment estimates.
 
     .. math::
        m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \quad
        v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2, \quad
-       u_t = -\eta_t \frac{m_t / (1-\beta_1^t)}{\sqrt{v_t / (1-\beta_2^t)} + \epsilon}.
+       u_t = -\eta_t \frac{m_t / (1-\beta_1^t)}{\sqrt{v_t / (1-\beta_2^t) + \epsilon_{root}} + \epsilon}.
 
-    Equals ``optax.adam`` and ``torch.optim.Adam`` (up to float rounding).
+    Equals ``optax.adam`` (``eps_root`` included) and ``torch.optim.Adam`` (up to float
+    rounding). A small ``eps_root`` keeps the square root's derivative finite, which
+    meta-learning through the update needs; with the default ``0`` a coordinate whose
+    gradients are all exactly zero still gets a zero (not NaN) hypergradient.
 
     Example::
 
@@ -200,18 +205,19 @@ def adam(
 
     Reference: Kingma & Ba, "Adam: A method for stochastic optimization", ICLR 2015.
     """
-    return _adam_family(learning_rate, b1, b2, eps, None, state_dtype)
+    return _adam_family(learning_rate, b1, b2, eps, eps_root, None, state_dtype)
 
 
 def adamw(
-    learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4, *, state_dtype=None
+    learning_rate, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, weight_decay=1e-4, *, state_dtype=None
 ) -> optax.GradientTransformationExtraArgs:
     r"""AdamW: Adam with decoupled weight decay.
 
     .. math:: u_t = -\eta_t \left(\frac{\hat m_t}{\sqrt{\hat v_t} + \epsilon}
               + \lambda\, x_t\right)
 
-    with :math:`\hat m_t, \hat v_t` as in :func:`adam`. Needs ``params`` in ``update``.
+    with :math:`\hat m_t, \hat v_t` and ``eps_root`` as in :func:`adam` (the same
+    argument order as ``optax.adamw``). Needs ``params`` in ``update``.
     Equals ``optax.adamw`` (whose default :math:`\lambda` is also ``1e-4``).
 
     Example::
@@ -221,23 +227,23 @@ def adamw(
     Reference: Loshchilov & Hutter, "Decoupled weight decay regularization", ICLR 2019.
     """
     check_scalar("weight_decay", weight_decay, lower=0.0)
-    return _adam_family(learning_rate, b1, b2, eps, weight_decay, state_dtype)
+    return _adam_family(learning_rate, b1, b2, eps, eps_root, weight_decay, state_dtype)
 
 
-def _adam_family(learning_rate, b1, b2, eps, weight_decay, state_dtype):
+def _adam_family(learning_rate, b1, b2, eps, eps_root, weight_decay, state_dtype):
     check_learning_rate(learning_rate)
     check_decay("b1", b1)
     check_decay("b2", b2)
     check_scalar("eps", eps, lower=0.0)
+    check_scalar("eps_root", eps_root, lower=0.0)
     return transformation(
         _adam_init,
         _adam_update,
         learning_rate=learning_rate,
         b1=b1,
         b2=b2,
-        one_minus_b1=1 - b1,
-        one_minus_b2=1 - b2,
         eps=eps,
+        eps_root=eps_root,
         weight_decay=weight_decay,
         state_dtype=check_state_dtype(state_dtype),
     )
@@ -260,19 +266,19 @@ def _adam_update(hp, updates, state, params=None, **extra):
     lr = learning_rate_at(hp.learning_rate, state.count)
     count = increment(state.count)
     b1, b2 = as_scalar(hp.b1), as_scalar(hp.b2)
-    # Bias corrections folded into two scalars: u = -a·m / (sqrt(v)·c + eps).
+    # Bias corrections folded into two scalars: u = -a·m / (sqrt(v·c + eps_root) + eps).
     t = count.astype(lr.dtype)
     step_scale = -lr / (1 - b1**t)
-    root_scale = jax.lax.rsqrt(1 - b2**t)
+    root_scale = 1 / (1 - b2**t)
 
     def leaf(g, m, v, p=None):
         dtype = m.dtype
         b1_, b2_ = b1.astype(dtype), b2.astype(dtype)
         g_ = g.astype(dtype)
-        m = b1_ * m + jnp.asarray(hp.one_minus_b1, dtype) * g_
-        v = b2_ * v + jnp.asarray(hp.one_minus_b2, dtype) * (g_ * g_)
+        m = b1_ * m + jnp.asarray(1 - hp.b1, dtype) * g_
+        v = b2_ * v + jnp.asarray(1 - hp.b2, dtype) * (g_ * g_)
         u = step_scale.astype(dtype) * m / (
-            jnp.sqrt(v) * root_scale.astype(dtype) + jnp.asarray(hp.eps, dtype)
+            sqrt(v * root_scale.astype(dtype) + jnp.asarray(hp.eps_root, dtype)) + jnp.asarray(hp.eps, dtype)
         )
         if p is not None:
             u = u - (lr * as_scalar(weight_decay)).astype(dtype) * p.astype(dtype)

@@ -136,13 +136,15 @@ def test_stacked_optimizers_vmap():
     params = mixed_tree()
     batched = jax.vmap(lambda opt: run(opt, params, grad, 10, jit=False)[0])(stacked)
     for i, opt in enumerate(opts):
-        assert_trees_close(jax.tree.map(lambda x: x[i], batched), run(opt, params, grad, 10)[0], rtol=1e-6, atol=1e-7)
+        # the same float32 leaves the batched run sees (1 - b2 is taken in float32 alike)
+        single = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), opt)
+        assert_trees_close(jax.tree.map(lambda x: x[i], batched), run(single, params, grad, 10)[0], rtol=1e-6, atol=1e-7)
 
 
 def test_hyperparameters_are_the_leaves():
     opt = jgd.adamw(1e-3, b1=0.8, b2=0.95, eps=1e-6, weight_decay=0.01)
-    # The decay rates' complements are kept beside them in double precision.
-    assert set(jax.tree.leaves(opt)) == {1e-3, 0.8, 0.95, 1e-6, 0.01, 1 - 0.8, 1 - 0.95}
+    # Each hyperparameter once, in the factory's order of names; no derived leaves (1 - b1).
+    assert sorted(jax.tree.leaves(opt)) == sorted([1e-3, 0.8, 0.95, 1e-6, 0.0, 0.01])
     assert isinstance(opt, optax.GradientTransformationExtraArgs)
 
 

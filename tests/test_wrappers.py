@@ -267,3 +267,58 @@ def test_optimizers_pickle_and_deepcopy_to_identical_updates(name):
             other_updates, other_state = other.update(grads, other_state, params, value=jnp.float32(1.0))
             for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(other_updates)):
                 np.testing.assert_array_equal(a, b)
+
+
+def _loss_in_dtype(params):
+    """quadratic_loss's objective in the params' own dtype (float64 here)."""
+    return sum(0.5 * (1.0 + 0.5 * i) * jnp.sum((x - 0.5) ** 2) for i, x in enumerate(jax.tree.leaves(params)))
+
+
+def _after_three_updates(opt, params):
+    state = opt.init(params)
+    for _ in range(3):
+        loss, g = jax.value_and_grad(_loss_in_dtype)(params)
+        updates, state = opt.update(g, state, params, value=loss)
+        params = jgd.apply_updates(params, updates)
+    return _loss_in_dtype(params)
+
+
+@pytest.mark.parametrize("name", FACTORIES)
+def test_gradient_with_respect_to_the_optimizer_has_each_hyperparameter_once(name, x64):
+    make = FACTORIES[name][0]
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), mixed_tree())
+    opt = make(0.1)
+    grads = jax.grad(_after_three_updates)(opt, params)
+    assert jax.tree.structure(grads) == jax.tree.structure(opt)
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(opt)[0]]
+    assert len(set(paths)) == len(paths)
+    # The learning rate is one leaf, and its entry is the whole derivative with respect to
+    # the factory's argument (a second copy would leave it a partial derivative).
+    where = [i for i, p in enumerate(paths) if p.endswith(".learning_rate")]
+    assert len(where) == 1, paths
+    whole = jax.grad(lambda lr: _after_three_updates(make(lr), params))(0.1)
+    h = 1e-6
+    central = (_after_three_updates(make(0.1 + h), params) - _after_three_updates(make(0.1 - h), params)) / (2 * h)
+    np.testing.assert_allclose(jax.tree.leaves(grads)[where[0]], whole, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(whole, central, rtol=1e-4, atol=1e-8)
+
+
+def test_adam_decay_rate_gradients_equal_finite_differences(x64):
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), mixed_tree())
+    grads = jax.grad(_after_three_updates)(jgd.adam(0.1, b1=0.8, b2=0.9), params)
+    h = 1e-6
+    for name, at in (("b1", 0.8), ("b2", 0.9)):
+        f = lambda v: _after_three_updates(jgd.adam(0.1, **{"b1": 0.8, "b2": 0.9, name: v}), params)  # noqa: B023, E731
+        np.testing.assert_allclose(getattr(grads.hyperparams, name), (f(at + h) - f(at - h)) / (2 * h), rtol=1e-5)
+
+
+def test_vmap_over_an_optimizer_needs_one_axis_per_hyperparameter():
+    lrs = jnp.array([0.01, 0.1])
+    opts = jax.vmap(lambda lr: jgd.adam(lr))(lrs)  # built inside vmap: every leaf batched or not
+    axes = jax.tree.map(lambda x: 0 if jnp.ndim(x) else None, opts)
+    params = mixed_tree()
+    batched = jax.vmap(lambda opt: steps(opt, params, 5)[0], in_axes=(axes,))(opts)
+    for i, lr in enumerate(lrs):
+        # vmap's outputs are arrays: every leaf of opts is float32 (1 - b2 is taken in float32)
+        single = jgd.adam(lr, b1=jnp.float32(0.9), b2=jnp.float32(0.999), eps=jnp.float32(1e-8), eps_root=jnp.float32(0))
+        assert_trees_close(jax.tree.map(lambda x: x[i], batched), steps(single, params, 5)[0])
