@@ -111,10 +111,21 @@ def halving_vs_grid(data):
     return "\n".join(out)
 
 
+def hypergradient(data):
+    r = data["results"]
+    out = [f"{r['params']:,}-parameter MLP, adam, {r['steps']} full-batch steps on the digits:", "",
+           "| | hypergradient temporary memory |", "|---|---|"]
+    out += [f"| {name} | {value / 2**20:,.1f} MiB |" for name, value in r["temp_bytes"].items()]
+    out += ["", f"{r['memory_ratio']:.1f}× smaller with checkpoint_every={r['checkpoint_every']}", "",
+            "| | ms per run | × normal loop |", "|---|---|---|"]
+    out += [f"| {name} | {1e3 * s:,.1f} | {r['ratios'][name]:.2f} |" for name, s in r["seconds"].items()]
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
     for name, render in (("update_step", update_step), ("compile_time", compile_time),
                          ("minimize_vs_loop", minimize_vs_loop), ("sweep_vs_sequential", sweep_vs_sequential),
-                         ("halving_vs_grid", halving_vs_grid)):
+                         ("halving_vs_grid", halving_vs_grid), ("hypergradient", hypergradient)):
         data = load(name)
         if data:
             print(f"\n### {name} ({data['machine']['date']}, {data['machine']['cpu_count']} cores, "
