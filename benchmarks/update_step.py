@@ -1,8 +1,8 @@
 """Update step of the 7 smooth variants on one large leaf, a ~200-leaf transformer-like
 tree (at 1e7 and at 1e5 params) and a tiny tree: jgd, jgd.flat, optax and, when installed, torch.optim (for-loop,
 foreach and fused), against the memory roofline measured in the same run (a donated
-axpy). Every contender is compiled once, then all are timed in interleaved rounds
-(donated buffers, median of repeats).
+axpy). Built on ``jgd.benchmark.compare``: every contender is compiled once, then all are timed
+in interleaved rounds (donated buffers, median of repeats, interquartile spread).
 
     python benchmarks/update_step.py [--params 1e7] [--quick] [--smoke]
 
@@ -11,82 +11,19 @@ Writes results/update_step.json, and update_step.png when matplotlib is installe
 """
 
 import argparse
-import os
 
-# torch's OpenMP workers otherwise spin after each step and slow the next contender.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import jax
-import optax
-from _common import HERE, interleaved, write
+from _common import HERE, write
 
 import jgd
-from jgd.benchmark import bytes_per_step, make_tree, roofline_runner, update_runner
-
-VARIANTS = {
-    "sgd": (lambda: jgd.sgd(1e-3), lambda: optax.sgd(1e-3)),
-    "momentum": (lambda: jgd.momentum(1e-3), lambda: optax.sgd(1e-3, momentum=0.9)),
-    "nesterov": (lambda: jgd.nesterov(1e-3), lambda: optax.sgd(1e-3, momentum=0.9, nesterov=True)),
-    "adagrad": (lambda: jgd.adagrad(1e-3), lambda: optax.adagrad(1e-3)),
-    "rmsprop": (lambda: jgd.rmsprop(1e-3), lambda: optax.rmsprop(1e-3)),
-    "adam": (lambda: jgd.adam(1e-3), lambda: optax.adam(1e-3)),
-    "adamw": (lambda: jgd.adamw(1e-3), lambda: optax.adamw(1e-3)),
-}
-
-
-def torch_contenders(name, params):
-    """torch.optim's same rule on tensors shaped like ``params``: (label, step) pairs for
-    each implementation this torch build offers. Empty when torch is not installed."""
-    try:
-        import torch
-    except ImportError:
-        return []
-
-    torch.set_num_threads(os.cpu_count())
-    make = {
-        "sgd": lambda ps, **kw: torch.optim.SGD(ps, lr=1e-3, **kw),
-        "momentum": lambda ps, **kw: torch.optim.SGD(ps, lr=1e-3, momentum=0.9, **kw),
-        "nesterov": lambda ps, **kw: torch.optim.SGD(ps, lr=1e-3, momentum=0.9, nesterov=True, **kw),
-        "adagrad": lambda ps, **kw: torch.optim.Adagrad(ps, lr=1e-3, initial_accumulator_value=0.1, eps=1e-7, **kw),
-        "rmsprop": lambda ps, **kw: torch.optim.RMSprop(ps, lr=1e-3, alpha=0.9, eps=1e-8, **kw),
-        "adam": lambda ps, **kw: torch.optim.Adam(ps, lr=1e-3, **kw),
-        "adamw": lambda ps, **kw: torch.optim.AdamW(ps, lr=1e-3, weight_decay=1e-4, **kw),
-    }[name]
-    out = []
-    for label, kwargs in (("torch-forloop", {"foreach": False}), ("torch-foreach", {"foreach": True}),
-                          ("torch-fused", {"fused": True})):
-        tensors = [torch.zeros(tuple(x.shape), requires_grad=True) for x in jax.tree.leaves(params)]
-        for t in tensors:
-            t.grad = torch.full_like(t, 1e-3)
-        try:
-            opt = make(tensors, **kwargs)
-            opt.step()
-        except (RuntimeError, TypeError, ValueError):  # this rule has no such implementation
-            continue
-
-        def step(opt=opt):
-            opt.step()
-            return ()
-
-        out.append((label, step))
-    return out
-
-
-def jax_contender(opt, params):
-    step, args = update_runner(opt, params)
-    state = {"args": jax.block_until_ready(step(*args))}  # compile and warm up
-
-    def run():
-        state["args"] = jax.block_until_ready(step(*state["args"]))
-        return ()
-
-    return run
+from jgd.benchmark import compare, make_tree
+from jgd.benchmark.comparison import available_torch_contender
+from jgd.benchmark.rules import RULES
 
 
 def main(size, smoke, quick):
     repeats = 2 if smoke else (5 if quick else 10)
     rounds = 1 if smoke else 3
-    variants = list(VARIANTS) if not (smoke or quick) else ["sgd", "momentum", "adam"]
+    variants = list(RULES) if not (smoke or quick) else ["sgd", "momentum", "adam"]
     if smoke:
         variants = ["adam"]
     rows = []
@@ -95,33 +32,22 @@ def main(size, smoke, quick):
     # "many-small" is the ~200-leaf tree at 1e5 params: per-leaf overhead dominates there.
     for tree, tree_size in (("leaf", size), ("many-leaf", size), ("many-small", min(size, 100_000)), ("tiny", size)):
         params = make_tree(tree_size, "many-leaf" if tree == "many-small" else tree)
-        n = sum(x.size for x in jax.tree.leaves(params))
-        axpy, axpy_args = roofline_runner(max(n, 1000))
-        roof_args = {"args": axpy_args}
-
-        def roofline():
-            roof_args["args"] = jax.block_until_ready(axpy(*roof_args["args"]))
-
         for name in variants:
-            ours, theirs = VARIANTS[name]
-            contenders = {
-                "jgd": jax_contender(ours(), params),
-                "jgd.flat": jax_contender(jgd.flat(ours()), params),
-                "optax": jax_contender(theirs(), params),
-                "roofline": roofline,
-            }
-            contenders.update(torch_contenders(name, params))
-            t = interleaved(contenders, rounds, per_round=repeats)
-            roof_gb_s = 3 * 4 * max(n, 1000) / t.pop("roofline") / 1e9
-            moved = bytes_per_step(ours(), params)
-            for label, seconds in t.items():
-                row = {"tree": tree, "variant": name, "contender": label, "params": n,
-                       "leaves": len(jax.tree.leaves(params)), "us_per_step": seconds * 1e6,
-                       "speedup_vs_optax": t["optax"] / seconds, "bytes_per_step": moved,
-                       "pct_roofline": 100 * moved / seconds / 1e9 / roof_gb_s,
-                       "roofline_gb_per_s": roof_gb_s}
+            rule = RULES[name]
+            contenders = {"jgd": rule.jgd(), "jgd.flat": jgd.flat(rule.jgd()), "optax": rule.optax()}
+            for implementation in ("forloop", "foreach", "fused"):
+                torch_name = available_torch_contender(name, params, (implementation,))
+                if torch_name is not None:
+                    contenders[f"torch-{implementation}"] = torch_name
+            comparison = compare(contenders, params, repeats=repeats, rounds=rounds, baseline="optax")
+            for r in comparison.rows:
+                row = {"tree": tree, "variant": name, "contender": r["name"], "params": comparison.num_params,
+                       "leaves": comparison.num_leaves, "us_per_step": r["us_per_step"],
+                       "spread_pct": r["spread_pct"], "speedup_vs_optax": 1 / r["ratio"],
+                       "within_noise": r["within_noise"], "bytes_per_step": r["bytes_per_step"],
+                       "pct_roofline": r["pct_roofline"], "roofline_gb_per_s": comparison.roofline_gb_per_s}
                 rows.append(row)
-                print(f"{tree:<10} {name:<9} {label:<14} {row['us_per_step']:>10.1f} "
+                print(f"{tree:<10} {name:<9} {r['name']:<14} {row['us_per_step']:>10.1f} "
                       f"{row['speedup_vs_optax']:>8.2f}x {row['pct_roofline']:>6.0f}%")
     write("update_step", {"size": size, "quick": quick, "rows": rows}, smoke)
     if not smoke:

@@ -32,6 +32,7 @@ __all__ = [
     "learning_rate_at",
     "scalar_dtype",
     "moment_dtype",
+    "compute_dtype",
     "moments_like",
     "map_leaves",
     "global_norm",
@@ -293,15 +294,15 @@ def check_decay(name: str, value):
     return check_scalar(name, value, lower=0.0, upper=1.0, upper_open=True)
 
 
-def check_state_dtype(state_dtype):
+def check_state_dtype(state_dtype, name: str = "state_dtype"):
     if state_dtype is None:
         return None
     try:
         dtype = jnp.dtype(state_dtype)
     except TypeError:
-        raise TypeError(f"state_dtype must be a floating dtype, got {state_dtype!r}") from None
+        raise TypeError(f"{name} must be a floating dtype, got {state_dtype!r}") from None
     if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"state_dtype must be a floating dtype, got {state_dtype!r}")
+        raise TypeError(f"{name} must be a floating dtype, got {state_dtype!r}")
     return dtype
 
 
@@ -334,10 +335,15 @@ def wider(a, b):
 
 
 def moment_dtype(param_dtype, state_dtype=None):
-    """State follows the params' dtype; ``state_dtype`` may only raise it."""
-    if state_dtype is None:
-        return jnp.dtype(param_dtype)
-    return wider(param_dtype, state_dtype)
+    """State follows the params' dtype unless ``state_dtype`` sets it (up or down)."""
+    return jnp.dtype(param_dtype if state_dtype is None else state_dtype)
+
+
+def compute_dtype(*arrays):
+    """The dtype a leaf's update is computed in: the widest of its gradient's and its
+    state's (a bfloat16 moment of a float32 param is read up and stored back down, as
+    optax's ``mu_dtype``)."""
+    return functools.reduce(wider, [a.dtype for a in arrays])
 
 
 def moments_like(params, state_dtype=None, fill=0.0):

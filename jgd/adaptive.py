@@ -12,18 +12,23 @@ as with optax's ``inject_hyperparams``.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jgd._transform import (
+    Static,
     as_scalar,
     check_decay,
     check_learning_rate,
+    check_same_structure,
     check_scalar,
     check_state_dtype,
+    compute_dtype,
     increment,
     learning_rate_at,
     map_leaves,
@@ -95,11 +100,12 @@ def _adagrad_update(hp, updates, state, params=None, **extra):
     lr = learning_rate_at(hp.learning_rate, state.count)
 
     def leaf(g, s):
-        g_ = g.astype(s.dtype)
-        s = s + g_ * g_
-        eps = jnp.asarray(hp.eps, s.dtype)
-        scale = jnp.where(s > 0, jax.lax.rsqrt(s + eps), jnp.zeros((), s.dtype))
-        return ((-lr).astype(s.dtype) * g_ * scale).astype(g.dtype), s
+        dtype = compute_dtype(g, s)
+        g_ = g.astype(dtype)
+        total = s.astype(dtype) + g_ * g_
+        eps = jnp.asarray(hp.eps, dtype)
+        scale = jnp.where(total > 0, jax.lax.rsqrt(total + eps), jnp.zeros((), dtype))
+        return ((-lr).astype(dtype) * g_ * scale).astype(g.dtype), total.astype(s.dtype)
 
     updates, sum_of_squares = map_leaves(leaf, 2, updates, state.sum_of_squares)
     return updates, AdagradState(count=increment(state.count), sum_of_squares=sum_of_squares)
@@ -109,10 +115,12 @@ class RMSPropState(NamedTuple):
     count: jax.Array  # type: ignore[assignment]
     nu: optax.Params
     mu: optax.Params  # None unless centered
+    trace: optax.Params = None  # None unless momentum
 
 
 def rmsprop(
-    learning_rate, decay=0.9, eps=1e-8, centered: bool = False, *, state_dtype=None
+    learning_rate, decay=0.9, eps=1e-8, centered: bool = False, momentum=None, nesterov: bool = False, *,
+    state_dtype=None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""RMSProp: divide by a running root-mean-square of the gradients.
 
@@ -121,7 +129,10 @@ def rmsprop(
        u_t = -\eta_t\, g_t / \sqrt{v_t + \epsilon}.
 
     ``centered=True`` also tracks :math:`m_t = \rho m_{t-1} + (1-\rho) g_t` and divides by
-    :math:`\sqrt{v_t - m_t^2 + \epsilon}` (Graves 2013). Equals ``optax.rmsprop``.
+    :math:`\sqrt{v_t - m_t^2 + \epsilon}` (Graves 2013). ``momentum=\mu`` then
+    accumulates the steps, :math:`b_t = u_t + \mu b_{t-1}`, and applies :math:`b_t` (or
+    :math:`u_t + \mu b_t` with ``nesterov``). Equals ``optax.rmsprop`` with the same
+    arguments.
 
     Example::
 
@@ -132,8 +143,13 @@ def rmsprop(
     check_learning_rate(learning_rate)
     check_decay("decay", decay)
     check_scalar("eps", eps, lower=0.0)
-    if not isinstance(centered, bool):
-        raise TypeError(f"centered must be a bool, got {centered!r}")
+    for name, flag in (("centered", centered), ("nesterov", nesterov)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {flag!r}")
+    if momentum is not None:
+        check_decay("momentum", momentum)
+    elif nesterov:
+        raise ValueError("nesterov=True needs momentum= (the coefficient of the accumulated steps)")
     return transformation(
         _rmsprop_init,
         _rmsprop_update,
@@ -141,6 +157,8 @@ def rmsprop(
         decay=decay,
         eps=eps,
         centered=centered,
+        momentum=momentum,
+        nesterov=nesterov,
         state_dtype=check_state_dtype(state_dtype),
     )
 
@@ -149,32 +167,47 @@ def _rmsprop_init(hp, params):
     refuse_complex("rmsprop", params)
     nu = moments_like(params, hp.state_dtype)
     mu = moments_like(params, hp.state_dtype) if hp.centered else None
-    return RMSPropState(count=zero_count(), nu=nu, mu=mu)
+    trace = None if hp.momentum is None else moments_like(params, hp.state_dtype)
+    return RMSPropState(count=zero_count(), nu=nu, mu=mu, trace=trace)
 
 
 def _rmsprop_update(hp, updates, state, params=None, **extra):
     del params, extra
     lr = learning_rate_at(hp.learning_rate, state.count)
 
-    def step(g, v, m=None):
-        decay = jnp.asarray(hp.decay, v.dtype)
-        one_minus_decay = jnp.asarray(1 - hp.decay, v.dtype)
-        eps = jnp.asarray(hp.eps, v.dtype)
-        g_ = g.astype(v.dtype)
-        v = one_minus_decay * (g_ * g_) + decay * v
-        if m is None:
-            denominator = v + eps
-        else:
-            m = one_minus_decay * g_ + decay * m
-            denominator = v - m * m + eps
-        u = ((-lr).astype(v.dtype) * g_ * jax.lax.rsqrt(denominator)).astype(g.dtype)
-        return (u, v) if m is None else (u, v, m)
+    centered, momentum = hp.centered, hp.momentum
 
-    if hp.centered:
-        updates, nu, mu = map_leaves(step, 3, updates, state.nu, state.mu)
-    else:
-        (updates, nu), mu = map_leaves(step, 2, updates, state.nu), None
-    return updates, RMSPropState(count=increment(state.count), nu=nu, mu=mu)
+    def step(g, v, *rest):
+        rest = list(rest)
+        m = rest.pop(0) if centered else None
+        b = rest.pop(0) if momentum is not None else None
+        dtype = compute_dtype(g, v, *rest)
+        decay = jnp.asarray(hp.decay, dtype)
+        one_minus_decay = jnp.asarray(1 - hp.decay, dtype)
+        eps = jnp.asarray(hp.eps, dtype)
+        g_ = g.astype(dtype)
+        new_v = one_minus_decay * (g_ * g_) + decay * v.astype(dtype)
+        out = [new_v.astype(v.dtype)]
+        if m is None:
+            denominator = new_v + eps
+        else:
+            new_m = one_minus_decay * g_ + decay * m.astype(dtype)
+            denominator = new_v - new_m * new_m + eps
+            out.append(new_m.astype(m.dtype))
+        u = (-lr).astype(dtype) * g_ * jax.lax.rsqrt(denominator)
+        if b is not None:  # optax's trace of the scaled steps
+            mu_ = jnp.asarray(momentum, dtype)
+            new_b = u + mu_ * b.astype(dtype)
+            u = u + mu_ * new_b if hp.nesterov else new_b
+            out.append(new_b.astype(b.dtype))
+        return (u.astype(g.dtype), *out)
+
+    trees = (updates, state.nu) + ((state.mu,) if centered else ()) + ((state.trace,) if momentum is not None else ())
+    out = list(map_leaves(step, len(trees), *trees))
+    updates, nu = out.pop(0), out.pop(0)
+    mu = out.pop(0) if centered else None
+    trace = out.pop(0) if momentum is not None else None
+    return updates, RMSPropState(count=increment(state.count), nu=nu, mu=mu, trace=trace)
 
 
 class AdamState(NamedTuple):
@@ -184,7 +217,7 @@ class AdamState(NamedTuple):
 
 
 def adam(
-    learning_rate, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, *, state_dtype=None
+    learning_rate, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, mu_dtype=None, *, state_dtype=None
 ) -> optax.GradientTransformationExtraArgs:
     r"""Adam: bias-corrected first and second moment estimates.
 
@@ -193,8 +226,11 @@ def adam(
        v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2, \quad
        u_t = -\eta_t \frac{m_t / (1-\beta_1^t)}{\sqrt{v_t / (1-\beta_2^t) + \epsilon_{root}} + \epsilon}.
 
-    Equals ``optax.adam`` (``eps_root`` included) and ``torch.optim.Adam`` (up to float
-    rounding). A small ``eps_root`` keeps the square root's derivative finite, which
+    Equals ``optax.adam`` (``eps_root`` and ``mu_dtype`` included, in optax's argument
+    order) and ``torch.optim.Adam`` (up to float rounding). ``state_dtype`` sets both
+    moments' dtype (up, or down to halve the state), ``mu_dtype`` the first moment's alone
+    (it wins over ``state_dtype``); updates are computed in the wider of the gradient's
+    and the state's dtypes and keep the params' dtypes. A small ``eps_root`` keeps the square root's derivative finite, which
     meta-learning through the update needs; with the default ``0`` a coordinate whose
     gradients are all exactly zero still gets a zero (not NaN) hypergradient.
 
@@ -205,11 +241,12 @@ def adam(
 
     Reference: Kingma & Ba, "Adam: A method for stochastic optimization", ICLR 2015.
     """
-    return _adam_family(learning_rate, b1, b2, eps, eps_root, None, state_dtype)
+    return _adam_family(learning_rate, b1, b2, eps, eps_root, None, None, state_dtype, mu_dtype)
 
 
 def adamw(
-    learning_rate, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, weight_decay=1e-4, *, state_dtype=None
+    learning_rate, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, mu_dtype=None, weight_decay=1e-4, mask=None, *,
+    state_dtype=None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""AdamW: Adam with decoupled weight decay.
 
@@ -218,7 +255,10 @@ def adamw(
 
     with :math:`\hat m_t, \hat v_t` and ``eps_root`` as in :func:`adam` (the same
     argument order as ``optax.adamw``). Needs ``params`` in ``update``.
-    Equals ``optax.adamw`` (whose default :math:`\lambda` is also ``1e-4``).
+    ``mask`` (a pytree of bools like the params, or a function params → such a pytree)
+    decays only the leaves where it is True — e.g. not biases and norms. Equals
+    ``optax.adamw`` (whose default :math:`\lambda` is also ``1e-4``), ``mask`` included;
+    wrapping adamw in ``optax.masked`` would mask the whole update instead.
 
     Example::
 
@@ -227,10 +267,41 @@ def adamw(
     Reference: Loshchilov & Hutter, "Decoupled weight decay regularization", ICLR 2019.
     """
     check_scalar("weight_decay", weight_decay, lower=0.0)
-    return _adam_family(learning_rate, b1, b2, eps, eps_root, weight_decay, state_dtype)
+    return _adam_family(learning_rate, b1, b2, eps, eps_root, weight_decay, _as_mask(mask), state_dtype, mu_dtype)
 
 
-def _adam_family(learning_rate, b1, b2, eps, eps_root, weight_decay, state_dtype):
+@dataclasses.dataclass(frozen=True)
+class _Mask:
+    """A pytree of Python bools, held hashably (it is part of the compiled program)."""
+
+    treedef: Any
+    values: tuple
+
+    def tree(self):
+        return jax.tree.unflatten(self.treedef, self.values)
+
+
+def _as_mask(mask):
+    if mask is None or callable(mask):
+        return mask
+    leaves, treedef = jax.tree.flatten(mask)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(mask)[0]:
+        if not isinstance(leaf, (bool, np.bool_)):
+            raise TypeError(f"mask{jax.tree_util.keystr(path)} must be a Python bool, got {leaf!r}")
+    return _Mask(treedef, tuple(bool(x) for x in leaves))
+
+
+def _decay_mask(mask, params):
+    """The mask as a pytree of Python bools shaped like ``params``."""
+    tree = mask.tree() if isinstance(mask, _Mask) else mask(params)
+    check_same_structure("mask", tree, "params", params)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if not isinstance(leaf, (bool, np.bool_)):
+            raise TypeError(f"mask{jax.tree_util.keystr(path)} must be a Python bool (one per leaf), got {leaf!r}")
+    return jax.tree.map(bool, tree)
+
+
+def _adam_family(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, state_dtype, mu_dtype):
     check_learning_rate(learning_rate)
     check_decay("b1", b1)
     check_decay("b2", b2)
@@ -245,7 +316,9 @@ def _adam_family(learning_rate, b1, b2, eps, eps_root, weight_decay, state_dtype
         eps=eps,
         eps_root=eps_root,
         weight_decay=weight_decay,
+        mask=Static(mask),
         state_dtype=check_state_dtype(state_dtype),
+        mu_dtype=check_state_dtype(mu_dtype, "mu_dtype"),
     )
 
 
@@ -253,7 +326,7 @@ def _adam_init(hp, params):
     refuse_complex("adam/adamw", params)
     return AdamState(
         count=zero_count(),
-        mu=moments_like(params, hp.state_dtype),
+        mu=moments_like(params, hp.mu_dtype or hp.state_dtype),
         nu=moments_like(params, hp.state_dtype),
     )
 
@@ -271,19 +344,27 @@ def _adam_update(hp, updates, state, params=None, **extra):
     step_scale = -lr / (1 - b1**t)
     root_scale = 1 / (1 - b2**t)
 
-    def leaf(g, m, v, p=None):
-        dtype = m.dtype
+    def ema(g, moment, rate, rate_, dtype, power):
+        if moment.dtype == g.dtype:
+            return rate_.astype(dtype) * moment + jnp.asarray(1 - rate, dtype) * power.astype(dtype)
+        return ((rate_.astype(moment.dtype) * moment).astype(dtype)
+                + (jnp.asarray(1 - rate, g.dtype) * power).astype(dtype))
+
+    def leaf(g, m, v, p=None, decay=True):
+        dtype = compute_dtype(g, m, v)
         b1_, b2_ = b1.astype(dtype), b2.astype(dtype)
-        g_ = g.astype(dtype)
-        m = b1_ * m + jnp.asarray(1 - hp.b1, dtype) * g_
-        v = b2_ * v + jnp.asarray(1 - hp.b2, dtype) * (g_ * g_)
-        u = step_scale.astype(dtype) * m / (
-            sqrt(v * root_scale.astype(dtype) + jnp.asarray(hp.eps_root, dtype)) + jnp.asarray(hp.eps, dtype)
+        # each term in its operand's dtype, summed in the wider one (optax's rounding)
+        new_m = ema(g, m, hp.b1, b1_, dtype, g)
+        new_v = ema(g, v, hp.b2, b2_, dtype, g * g)
+        u = step_scale.astype(dtype) * new_m / (
+            sqrt(new_v * root_scale.astype(dtype) + jnp.asarray(hp.eps_root, dtype)) + jnp.asarray(hp.eps, dtype)
         )
-        if p is not None:
+        if p is not None and decay:
             u = u - (lr * as_scalar(weight_decay)).astype(dtype) * p.astype(dtype)
-        return u.astype(g.dtype), m, v
+        return u.astype(g.dtype), new_m.astype(m.dtype), new_v.astype(v.dtype)
 
     trees = (updates, state.mu, state.nu) + (() if weight_decay is None else (params,))
+    if weight_decay is not None and hp.mask is not None:
+        trees += (_decay_mask(hp.mask, params),)
     updates, mu, nu = map_leaves(leaf, 3, *trees)
     return updates, AdamState(count=count, mu=mu, nu=nu)

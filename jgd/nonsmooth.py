@@ -23,7 +23,9 @@ __all__ = ["subgradient", "SUBGRADIENT_RULES"]
 SUBGRADIENT_RULES = ("constant", "length", "sqrt", "harmonic", "polyak")
 
 
-def subgradient(learning_rate, rule: str = "sqrt", f_star=None) -> optax.GradientTransformationExtraArgs:
+def subgradient(
+    learning_rate, rule: str = "sqrt", f_star=None, max_learning_rate=None
+) -> optax.GradientTransformationExtraArgs:
     r"""The subgradient method :math:`u_t = -\alpha_t g_t` for non-smooth convex objectives,
     with :math:`g_t \in \partial f(x_t)` and the step :math:`\alpha_t` chosen by ``rule``
     (:math:`t = 1, 2, \dots`, :math:`\eta` = ``learning_rate``):
@@ -37,7 +39,10 @@ def subgradient(learning_rate, rule: str = "sqrt", f_star=None) -> optax.Gradien
                   Polyak's step; needs ``update(..., value=f(x_t))`` and ``f_star``)
     ============  ===============================================
 
-    Norms are global over the pytree. Where :math:`g_t = 0` the update is 0 (no 0/0).
+    ``max_learning_rate`` caps Polyak's step, :math:`\min(\alpha_t, \text{cap})` (optax's
+    ``polyak_sgd(max_learning_rate=)``): far from the optimum, or with a loose ``f_star``,
+    the uncapped step can be huge. Norms are global over the pytree. Where :math:`g_t = 0`
+    the update is 0 (no 0/0).
     It is not a descent method: keep the best iterate (``jgd.minimize`` reports it).
 
     Example::
@@ -61,10 +66,13 @@ def subgradient(learning_rate, rule: str = "sqrt", f_star=None) -> optax.Gradien
         if f_star is None:
             raise ValueError("rule='polyak' needs f_star, the optimal value (or a lower bound)")
         check_scalar("f_star", f_star)
-    elif f_star is not None:
-        raise ValueError(f"f_star is only used by rule='polyak', got rule={rule!r}")
+        if max_learning_rate is not None:
+            check_scalar("max_learning_rate", max_learning_rate, lower=0.0)
+    elif f_star is not None or max_learning_rate is not None:
+        raise ValueError(f"f_star and max_learning_rate are only used by rule='polyak', got rule={rule!r}")
     return transformation(
-        _subgradient_init, _subgradient_update, learning_rate=learning_rate, rule=rule, f_star=f_star
+        _subgradient_init, _subgradient_update, learning_rate=learning_rate, rule=rule, f_star=f_star,
+        max_learning_rate=max_learning_rate,
     )
 
 
@@ -97,6 +105,8 @@ def _subgradient_update(hp, updates, state, params=None, *, value=None, **extra)
                 )
             gap = as_scalar(value) - as_scalar(hp.f_star)
             step = lr * gap / (safe * safe)
+            if hp.max_learning_rate is not None:
+                step = jnp.minimum(step, as_scalar(hp.max_learning_rate))
         step = jnp.where(norm > 0, step, jnp.zeros_like(step))
     updates = jax.tree.map(lambda g: (-step).astype(g.dtype) * g, updates)
     return updates, CountState(count=count)

@@ -2,8 +2,9 @@
 
 ``prox_{step·h}(x) = argmin_z h(z)·step + ½‖z − x‖²``. Each factory returns a
 ``jax.tree_util.Partial`` over its numeric parameters, so a strength is a pytree leaf
-(sweepable, no recompiles). Any function ``(x, step) -> x`` may be used instead.
-Projections reuse ``optax.projections``.
+(sweepable, no recompiles). A strength (or a box bound) is a number for every leaf, or a
+pytree shaped like the params with one per leaf (jaxopt's per-leaf ``l1reg``). Any
+function ``(x, step) -> x`` may be used instead. Projections reuse ``optax.projections``.
 
 Example::
 
@@ -29,32 +30,59 @@ def _cast(value, like):
     return jnp.asarray(value).astype(jnp.result_type(like))
 
 
+def _is_tree(value) -> bool:
+    return isinstance(value, (dict, list, tuple)) or (
+        not isinstance(value, (jax.Array, np.ndarray, np.generic, float, int)) and len(jax.tree.leaves(value)) > 1)
+
+
+def _check_strength(name, value, **bounds):
+    """A number, or a pytree of numbers checked leaf by leaf (concrete leaves only)."""
+    if not jax.tree.leaves(value):
+        raise ValueError(f"{name} must be a number or a pytree of numbers, got {value!r}")
+    for path, leaf in jax.tree_util.tree_flatten_with_path(value)[0]:
+        check_scalar(f"{name}{jax.tree_util.keystr(path)}", leaf, **bounds)
+    return value
+
+
+def _per_leaf(name, value, x):
+    """``value`` as a pytree like ``x``: a number (or array) repeated for every leaf, or a
+    pytree of the same structure as ``x`` taken as it is."""
+    if not _is_tree(value):
+        return jax.tree.map(lambda _: value, x)
+    if jax.tree.structure(value) != jax.tree.structure(x):
+        raise ValueError(
+            f"{name} is a pytree, so it must match the params' structure (one value per leaf); got "
+            f"{jax.tree.structure(value)} for params {jax.tree.structure(x)}"
+        )
+    return value
+
+
 def l1(strength):
     r"""Soft thresholding, the prox of :math:`\lambda\|x\|_1`:
     :math:`\operatorname{sign}(x)\max(|x| - \text{step}\cdot\lambda, 0)`.
 
     Example: ``jgd.proximal_gradient(lr, prox=jgd.prox.l1(0.1))`` solves the Lasso.
     """
-    check_scalar("strength", strength, lower=0.0)
+    _check_strength("strength", strength, lower=0.0)
     return jax.tree_util.Partial(_soft_threshold, strength)
 
 
 def _soft_threshold(strength, x, step):
-    def leaf(v):
-        threshold = _cast(step, v) * _cast(strength, v)
+    def leaf(v, s):
+        threshold = _cast(step, v) * _cast(s, v)
         return jnp.sign(v) * jnp.maximum(jnp.abs(v) - threshold, jnp.zeros((), v.dtype))
 
-    return jax.tree.map(leaf, x)
+    return jax.tree.map(leaf, x, _per_leaf("strength", strength, x))
 
 
 def l2(strength):
     r"""The prox of :math:`\frac{\lambda}{2}\|x\|^2`: :math:`x / (1 + \text{step}\cdot\lambda)`."""
-    check_scalar("strength", strength, lower=0.0)
+    _check_strength("strength", strength, lower=0.0)
     return jax.tree_util.Partial(_shrink, strength)
 
 
 def _shrink(strength, x, step):
-    return jax.tree.map(lambda v: v / (1 + _cast(step, v) * _cast(strength, v)), x)
+    return jax.tree.map(lambda v, s: v / (1 + _cast(step, v) * _cast(s, v)), x, _per_leaf("strength", strength, x))
 
 
 def nonnegative():
@@ -70,11 +98,8 @@ def _nonnegative(x, step):
 def box(lower, upper):
     """Projection onto ``[lower, upper]`` (scalars or pytrees like ``x``)."""
     for name, value in (("lower", lower), ("upper", upper)):
-        if not jax.tree.leaves(value):
-            raise ValueError(f"{name} must be a number or a pytree of arrays, got {value!r}")
-        if not isinstance(value, (dict, list, tuple)):
-            check_scalar(name, value)
-    concrete = not any(isinstance(v, (dict, list, tuple, jax.core.Tracer)) for v in (lower, upper))
+        _check_strength(name, value)
+    concrete = not any(_is_tree(v) or isinstance(v, jax.core.Tracer) for v in (lower, upper))
     if concrete and np.any(np.asarray(lower) > np.asarray(upper)):
         raise ValueError(f"lower must be <= upper, got lower={lower!r}, upper={upper!r}")
     return jax.tree_util.Partial(_box, lower, upper)
@@ -82,10 +107,8 @@ def box(lower, upper):
 
 def _box(lower, upper, x, step):
     del step
-    if not isinstance(lower, (dict, list, tuple)):
-        lower = jax.tree.map(lambda v: _cast(lower, v), x)
-        upper = jax.tree.map(lambda v: _cast(upper, v), x)
-    return jax.tree.map(lambda v, lo, hi: jnp.clip(v, lo.astype(v.dtype), hi.astype(v.dtype)), x, lower, upper)
+    return jax.tree.map(lambda v, lo, hi: jnp.clip(v, _cast(lo, v), _cast(hi, v)), x,
+                        _per_leaf("lower", lower, x), _per_leaf("upper", upper, x))
 
 
 def l2_ball(radius):

@@ -13,6 +13,7 @@ from jgd._transform import (
     check_decay,
     check_learning_rate,
     check_state_dtype,
+    compute_dtype,
     increment,
     learning_rate_at,
     map_leaves,
@@ -66,7 +67,7 @@ class MomentumState(NamedTuple):
 
 
 def momentum(
-    learning_rate, beta=0.9, nesterov: bool = False, *, state_dtype=None
+    learning_rate, beta=0.9, nesterov: bool = False, *, state_dtype=None, mu_dtype=None
 ) -> optax.GradientTransformationExtraArgs:
     r"""Heavy-ball momentum, optionally Nesterov's accelerated form.
 
@@ -82,7 +83,10 @@ def momentum(
       learning_rate: a number ``>= 0`` or a schedule.
       beta: momentum coefficient in ``[0, 1)``.
       nesterov: use Nesterov's look-ahead form.
-      state_dtype: optional dtype to raise the trace to (e.g. float32 for bf16 params).
+      state_dtype: the trace's dtype (default: the params'); up (float32 for bf16
+        params) or down (bf16 for float32 params: half the memory).
+      mu_dtype: the same, under optax's name for a first moment (``accumulator_dtype``
+        in ``optax.sgd``); wins over ``state_dtype``.
 
     Example::
 
@@ -103,11 +107,11 @@ def momentum(
         learning_rate=learning_rate,
         beta=beta,
         nesterov=nesterov,
-        state_dtype=check_state_dtype(state_dtype),
+        state_dtype=check_state_dtype(mu_dtype, "mu_dtype") or check_state_dtype(state_dtype),
     )
 
 
-def nesterov(learning_rate, beta=0.9, *, state_dtype=None):
+def nesterov(learning_rate, beta=0.9, *, state_dtype=None, mu_dtype=None):
     r"""Nesterov momentum: ``momentum(learning_rate, beta, nesterov=True)``.
 
     .. math:: m_t = g_t + \beta m_{t-1}, \qquad u_t = -\eta_t (g_t + \beta m_t).
@@ -121,7 +125,7 @@ def nesterov(learning_rate, beta=0.9, *, state_dtype=None):
 
     Reference: Nesterov 1983; Sutskever et al., ICML 2013.
     """
-    return momentum(learning_rate, beta, nesterov=True, state_dtype=state_dtype)
+    return momentum(learning_rate, beta, nesterov=True, state_dtype=state_dtype, mu_dtype=mu_dtype)
 
 
 def _momentum_init(hp, params):
@@ -134,11 +138,12 @@ def _momentum_update(hp, updates, state, params=None, **extra):
     nesterov_ = hp.nesterov
 
     def leaf(g, m):
-        beta = jnp.asarray(hp.beta, m.dtype)
-        g_ = g.astype(m.dtype)
-        m = g_ + beta * m
-        direction = g_ + beta * m if nesterov_ else m
-        return ((-lr).astype(m.dtype) * direction).astype(g.dtype), m
+        dtype = compute_dtype(g, m)
+        beta = jnp.asarray(hp.beta, dtype)
+        g_ = g.astype(dtype)
+        new_m = g_ + (jnp.asarray(hp.beta, m.dtype) * m).astype(dtype)  # beta·m in m's dtype, as optax
+        direction = g_ + beta * new_m if nesterov_ else new_m
+        return ((-lr).astype(dtype) * direction).astype(g.dtype), new_m.astype(m.dtype)
 
     updates, trace = map_leaves(leaf, 2, updates, state.trace)
     return updates, MomentumState(count=increment(state.count), trace=trace)

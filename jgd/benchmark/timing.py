@@ -1,11 +1,8 @@
-"""``jgd.benchmark``: time one optimizer's jitted update step.
-
-    python -m jgd.benchmark --opt adam --params 1e7 --tree many-leaf
-"""
+"""Timing one optimizer's jitted update step: the runners (compiled, donated steps)
+that :func:`jgd.benchmark.compare` interleaves, and :func:`time_update` for one rule."""
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from typing import Any
@@ -15,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-__all__ = ["time_update", "update_runner", "bytes_per_step", "roofline_runner", "roofline_gb_per_s", "make_tree", "median_seconds"]
+__all__ = ["time_update", "update_runner", "bytes_per_step", "state_bytes", "roofline_runner", "roofline_gb_per_s",
+           "make_tree", "median_seconds"]
 
 
 def make_tree(size: int, kind: str = "leaf", dtype=jnp.float32):
@@ -74,12 +72,19 @@ def update_runner(opt, params, *, steps_per_call: int = 1):
     return step, (params, state, grads)
 
 
+def _nbytes(tree) -> int:
+    return sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def state_bytes(opt, params) -> int:
+    """The bytes of ``opt``'s state for ``params`` (every leaf of ``opt.init(params)``)."""
+    return _nbytes(jax.eval_shape(opt.init, params))
+
+
 def bytes_per_step(opt, params) -> int:
     """The bytes one update must move: params, grads and state read; params and state
     written (the memory-traffic floor of a first-order rule)."""
-    nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))  # noqa: E731
-    state = jax.eval_shape(opt.init, params)
-    return 3 * nbytes(params) + 2 * nbytes(state)
+    return 3 * _nbytes(params) + 2 * state_bytes(opt, params)
 
 
 def time_update(
@@ -123,30 +128,3 @@ def roofline_gb_per_s(size: int = 10_000_000, repeats: int = 20) -> float:
     axpy, args = roofline_runner(size)
     seconds, _ = median_seconds(axpy, *args, repeats=repeats)
     return 3 * 4 * size / seconds / 1e9
-
-
-def main(argv=None):
-    import jgd
-
-    parser = argparse.ArgumentParser(description="Time one jgd optimizer's jitted update step.")
-    parser.add_argument("--opt", default="adam", choices=["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"])
-    parser.add_argument("--params", type=float, default=1e6)
-    parser.add_argument("--tree", default="leaf", choices=["leaf", "many-leaf", "tiny"])
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--flat", action="store_true", help="time jgd.flat(opt)")
-    args = parser.parse_args(argv)
-    params = make_tree(int(args.params), args.tree)
-    opt = getattr(jgd, args.opt)(1e-3)
-    if args.flat:
-        opt = jgd.flat(opt)
-    result = time_update(opt, params, repeats=args.repeats)
-    print(f"{'opt':<10} {'tree':<10} {'params':>10} {'leaves':>7} {'us/step':>10} {'MB/step':>8} {'GB/s':>7} {'% roofline':>10}")
-    name = f"flat({args.opt})" if args.flat else args.opt
-    print(f"{name:<10} {args.tree:<10} {result['num_params']:>10} {result['num_leaves']:>7} "
-          f"{result['us_per_step']:>10.1f} {result['bytes_per_step'] / 1e6:>8.1f} {result['gb_per_s']:>7.1f} "
-          f"{result['pct_roofline']:>9.0f}%")
-    return result
-
-
-if __name__ == "__main__":
-    main()
