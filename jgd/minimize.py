@@ -24,6 +24,7 @@ from jgd import _sampling
 from jgd._transform import Static, as_hyperparameter, global_norm, unwrap
 from jgd.evaluation import Best, Eval, EvalConfig
 from jgd.flat import FlatState, join, layout, split
+from jgd.proximal import ProximalGradientState
 from jgd.wrappers import apply_updates
 
 __all__ = ["minimize", "Result", "LoopState"]
@@ -254,7 +255,9 @@ def minimize(
         divide the batch size.
       key: a PRNG key for the sampler and the per-step keys (required with
         ``batch_size``; default ``jax.random.key(0)`` otherwise).
-      tol: stop when the gradient's global norm is ``<= tol`` (``converged=True``).
+      tol: stop when the gradient's global norm is ``<= tol`` (``converged=True``); with
+        ``jgd.proximal_gradient``, when its prox-gradient residual
+        ``‖y − prox(y − η∇f(y), η)‖/η`` is (``grad_norms`` then records the residual).
       has_aux: ``fun`` returns ``(loss, aux)``.
       model_state: non-trainable state (batch-norm statistics, …) threaded through the
         loop and never differentiated; ``Result.model_state`` is its final value.
@@ -576,6 +579,14 @@ def _value_and_grad(config, params, model_state, batch, key):
     )
 
 
+def _prox_residual(opt_state):
+    """The prox-gradient residual of the one proximal rule in ``opt_state`` (None if
+    there is none, or several)."""
+    found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, ProximalGradientState))
+             if isinstance(s, ProximalGradientState)]
+    return found[0].residual if len(found) == 1 else None
+
+
 def _select(flag, new, old):
     return jax.tree.map(lambda a, b: jnp.where(flag, a, b), new, old)
 
@@ -664,14 +675,19 @@ def _loop(config, opt, params, model_state, state, key, data, eval_data, tol):
         active = (c.t < segment_end) & ~c.converged & ~c.diverged
         batch = data if index is None else _sampling.gather(data, index)
         loss, new_model_state, aux, grads = _value_and_grad(config, c.params, c.model_state, batch, key)
-        norm = global_norm(grads)
+        # optax's extra-args convention: line searches evaluate the step's batch at trial points
+        value_fn = lambda p: _call(config, p, c.model_state, batch, key)[0]  # noqa: E731
+        updates, opt_state = opt.update(grads, c.opt_state, c.params, value=loss, grad=grads, value_fn=value_fn)
+        residual = _prox_residual(opt_state)
+        # a proximal rule stops on its prox-gradient residual (the gradient of the smooth
+        # part does not vanish at a non-smooth optimum)
+        norm = global_norm(grads) if residual is None else residual
         diverged = active & ~jnp.isfinite(loss)
         converged = active & ~diverged & (norm <= tol.astype(norm.dtype))
         best = c.best
         if not monitored:  # the best iterate by training loss
             better = active & (loss < best.value)
             best = _select(better, Best(c.params, c.model_state, loss, c.t, best.waiting), best)
-        updates, opt_state = opt.update(grads, c.opt_state, c.params, value=loss)
         # No update on the step that stops: the reported params are the ones that met tol.
         advance = active & ~converged & ~diverged
         params = _select(advance, apply_updates(c.params, updates), c.params)

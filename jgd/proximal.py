@@ -1,4 +1,5 @@
-"""Proximal gradient descent (ISTA) and its accelerated form (FISTA)."""
+"""Proximal gradient descent (ISTA) and its accelerated form (FISTA), with a fixed step or
+Beck–Teboulle backtracking."""
 
 from __future__ import annotations
 
@@ -11,19 +12,29 @@ import optax
 from jgd._transform import (
     check_learning_rate,
     check_same_structure,
+    global_norm,
     increment,
     learning_rate_at,
+    scalar_dtype,
     transformation,
     zero_count,
 )
 
 __all__ = ["proximal_gradient", "ProximalGradientState"]
 
+# Backtracking: the first step is searched from 1 upwards (doubling) and downwards
+# (halving); later steps only shrink from the last accepted one (Beck–Teboulle).
+_SHRINK = 0.5
+_MAX_HALVINGS = 60
+_MAX_DOUBLINGS = 60
+
 
 class ProximalGradientState(NamedTuple):
     count: jax.Array  # type: ignore[assignment]
     iterate: Any  # x_k, the point to report (for ISTA it equals the params)
     momentum: jax.Array  # Beck–Teboulle's t_k
+    step: jax.Array  # the step size η_k last used
+    residual: jax.Array  # ‖y − prox(y − η∇f(y), η)‖ / η at the last y
 
 
 def _identity(x, step):
@@ -31,7 +42,7 @@ def _identity(x, step):
     return x
 
 
-def proximal_gradient(learning_rate, prox=None, accelerated: bool = False) -> optax.GradientTransformationExtraArgs:
+def proximal_gradient(learning_rate=None, prox=None, accelerated: bool = False) -> optax.GradientTransformationExtraArgs:
     r"""Proximal gradient descent for :math:`\min_x f(x) + h(x)`, f smooth, h with a prox.
 
     ISTA (``accelerated=False``): :math:`x_{k+1} = \operatorname{prox}_{\eta h}(x_k - \eta\nabla f(x_k))`.
@@ -44,10 +55,22 @@ def proximal_gradient(learning_rate, prox=None, accelerated: bool = False) -> op
        y_{k+1} = x_k + \tfrac{t_k - 1}{t_{k+1}} (x_k - x_{k-1}).
 
     With :math:`\eta \le 1/L` FISTA reaches :math:`F(x_k) - F^\star \le 2L\|x_0-x^\star\|^2/(k+1)^2`.
+    ``learning_rate=None`` finds the step by backtracking (Beck & Teboulle 2009, §4): the
+    step :math:`\eta_k` is halved until
+    :math:`f(x) \le f(y) + \langle\nabla f(y), x - y\rangle + \|x - y\|^2 / (2\eta_k)`
+    at :math:`x = \operatorname{prox}_{\eta_k h}(y - \eta_k\nabla f(y))`; steps never grow
+    again after the first (which is also searched upwards from 1), so the rate above holds
+    with :math:`L` replaced by :math:`2L`. It needs ``update(..., value=f(y),
+    value_fn=f)`` (optax's convention; :func:`jgd.minimize` passes both) and is not
+    reverse-differentiable (a while loop).
+
     The params follow the points where gradients are taken (:math:`y_k`; :math:`x_k` for
-    ISTA); ``state.iterate`` holds the latest :math:`x_k`, the point to report. Needs
-    ``params`` in ``update``. ``prox(x, step)`` is any function from :mod:`jgd.prox` or
-    your own; ``None`` is the identity (plain gradient descent / Nesterov's method).
+    ISTA); ``state.iterate`` holds the latest :math:`x_k`, the point to report, and
+    ``state.residual`` the prox-gradient residual
+    :math:`\|y - \operatorname{prox}_{\eta h}(y - \eta\nabla f(y))\|/\eta`, which is 0
+    exactly at a minimizer (``jgd.minimize``'s ``tol`` tests it). Needs ``params`` in
+    ``update``. ``prox(x, step)`` is any function from :mod:`jgd.prox` or your own;
+    ``None`` is the identity (plain gradient descent / Nesterov's method).
 
     Example::
 
@@ -58,12 +81,17 @@ def proximal_gradient(learning_rate, prox=None, accelerated: bool = False) -> op
       >>> r = jgd.minimize(smooth, jnp.zeros(2), opt, steps=200)
       >>> [round(v, 4) for v in r.state.opt_state.iterate.tolist()]  # the small coefficient is exactly 0
       [0.975, 0.0]
+      >>> r = jgd.minimize(smooth, jnp.zeros(2), jgd.proximal_gradient(prox=jgd.prox.l1(0.1), accelerated=True),
+      ...                  steps=200, tol=1e-5)  # no step size; stops on the prox-gradient residual
+      >>> [round(v, 4) for v in r.state.opt_state.iterate.tolist()], bool(r.converged)
+      ([0.975, 0.0], True)
 
     References: Beck & Teboulle, "A fast iterative shrinkage-thresholding algorithm for
     linear inverse problems", SIAM J. Imaging Sci. 2009; Nesterov, "A method for solving
     the convex programming problem with convergence rate O(1/k²)", 1983.
     """
-    check_learning_rate(learning_rate)
+    if learning_rate is not None:
+        check_learning_rate(learning_rate)
     if prox is not None and not callable(prox):
         raise TypeError(f"prox must be a function prox(x, step) -> x, got {prox!r}")
     if not isinstance(accelerated, bool):
@@ -82,16 +110,54 @@ def _proximal_init(hp, params):
     # A copy, so that donating both params and state in a jitted step never donates
     # one buffer twice.
     iterate = jax.tree.map(jnp.copy, params)
-    return ProximalGradientState(count=zero_count(), iterate=iterate, momentum=jnp.ones([], jnp.float32))
+    dtype = scalar_dtype()
+    return ProximalGradientState(count=zero_count(), iterate=iterate, momentum=jnp.ones([], jnp.float32),
+                                 step=jnp.ones([], dtype), residual=jnp.full([], jnp.inf, dtype))
 
 
-def _proximal_update(hp, updates, state, params=None, **extra):
+def _backtrack(hp, y, g, value, value_fn, state):
+    """Beck–Teboulle's step: the largest η = η₀·2^k (k ≤ 0 after the first update) whose
+    prox step satisfies the quadratic upper bound of f at y."""
+    dtype = scalar_dtype()  # float64 under x64: the test is as precise as the params
+    value = jnp.asarray(value, dtype)
+    slack = 4 * jnp.finfo(dtype).eps * (1 + jnp.abs(value))  # float rounding, not a larger step
+
+    def prox_step(eta):
+        return hp.prox(jax.tree.map(lambda a, b: a - eta.astype(a.dtype) * b.astype(a.dtype), y, g), eta)
+
+    def bound_holds(eta):
+        x = prox_step(eta)
+        d = jax.tree.map(lambda a, b: (a - b).astype(dtype), x, y)
+        linear = sum((jnp.sum(gi.astype(dtype) * di) for gi, di in zip(jax.tree.leaves(g), jax.tree.leaves(d))),
+                     jnp.zeros([], dtype))
+        quadratic = global_norm(d).astype(dtype) ** 2 / (2 * eta)
+        return jnp.asarray(value_fn(x), dtype) <= value + linear + quadratic + slack
+
+    first = state.count == 0
+    grow = jax.lax.while_loop(lambda c: first & (c[1] < _MAX_DOUBLINGS) & bound_holds(2 * c[0]),
+                              lambda c: (2 * c[0], c[1] + 1), (state.step, jnp.zeros([], jnp.int32)))[0]
+    eta = jax.lax.while_loop(lambda c: (c[1] < _MAX_HALVINGS) & ~bound_holds(c[0]),
+                             lambda c: (_SHRINK * c[0], c[1] + 1), (grow, jnp.zeros([], jnp.int32)))[0]
+    return eta
+
+
+def _proximal_update(hp, updates, state, params=None, *, value=None, value_fn=None, **extra):
     del extra
     if params is None:
         raise ValueError("proximal_gradient needs params: call update(grads, state, params)")
     check_same_structure("updates", updates, "the optimizer state's iterate", state.iterate)
-    lr = learning_rate_at(hp.learning_rate, state.count)
+    if hp.learning_rate is None:
+        if value is None or value_fn is None:
+            raise ValueError(
+                "proximal_gradient(learning_rate=None) backtracks on the smooth part: call "
+                "update(grads, state, params, value=f(params), value_fn=f) (jgd.minimize passes both)"
+            )
+        lr = _backtrack(hp, params, updates, value, value_fn, state)
+    else:
+        lr = learning_rate_at(hp.learning_rate, state.count)
     x = hp.prox(jax.tree.map(lambda y, g: y - lr.astype(y.dtype) * g.astype(y.dtype), params, updates), lr)
+    dtype = scalar_dtype()
+    residual = global_norm(jax.tree.map(lambda a, b: a - b, x, params)).astype(dtype) / lr.astype(dtype)
     if hp.accelerated:
         t = state.momentum
         t_next = (1 + jnp.sqrt(1 + 4 * t * t)) / 2
@@ -100,4 +166,5 @@ def _proximal_update(hp, updates, state, params=None, **extra):
     else:
         t_next, y_next = state.momentum, x
     updates = jax.tree.map(lambda n, p, g: (n - p).astype(g.dtype), y_next, params, updates)
-    return updates, ProximalGradientState(count=increment(state.count), iterate=x, momentum=t_next)
+    return updates, ProximalGradientState(count=increment(state.count), iterate=x, momentum=t_next,
+                                          step=lr.astype(dtype), residual=residual)
