@@ -34,7 +34,10 @@ def flat(opt, pack_below: int | None = None) -> optax.GradientTransformationExtr
     packs every leaf on GPU and TPU, and leaves under 16,384 entries on CPU (measured in
     ``benchmarks/update_step.py`` on 2 cores: a 192-leaf tree of 1e5 params updates
     1.45-2.1x faster than optax flat, while packing 1e7 params costs more than it saves).
-    ``pack_below=0`` packs every leaf everywhere.
+    ``pack_below=0`` packs every leaf everywhere. A leaf sharded over several devices
+    (a ``NamedSharding`` that is not fully replicated, as seen by ``init``) always keeps
+    its own buffer and its sharding, as optax's rules do: packing it would all-gather it
+    on every step.
 
     Elementwise rules give identical numbers; rules with a global reduction (clipping
     by global norm, the subgradient method's length and Polyak steps) sum in another
@@ -64,13 +67,27 @@ class FlatState(NamedTuple):
     layout: Static  # the buffer name of every params leaf, in order
 
 
+def _sharded(x) -> bool:
+    """Whether ``x`` is split over devices (not fully replicated). Packing such a leaf
+    with others would make XLA gather it onto every device at every step."""
+    try:
+        if isinstance(x, jax.core.Tracer):  # explicit sharding shows in the type
+            spec = getattr(jax.typeof(x).sharding, "spec", ())
+            return any(axis is not None for axis in spec)
+        sharding = getattr(x, "sharding", None)
+        return sharding is not None and not sharding.is_fully_replicated
+    except Exception:  # noqa: BLE001 - no sharding information: treat as unsharded
+        return False
+
+
 def _groups(params, pack_below=0):
     """The buffer of every leaf of ``params``: its dtype's shared buffer, or its own
-    when it has at least ``pack_below`` entries (``pack_below=0``: always shared)."""
+    when it has at least ``pack_below`` entries (``pack_below=0``: always shared) or is
+    sharded over devices (so it keeps its sharding and no step gathers it)."""
     names = []
     for i, x in enumerate(jax.tree.leaves(params)):
         dtype = jnp.result_type(x).name
-        own = pack_below and math.prod(jnp.shape(x)) >= pack_below
+        own = (pack_below and math.prod(jnp.shape(x)) >= pack_below) or _sharded(x)
         names.append(f"{dtype}:{i}" if own else dtype)
     return names
 
