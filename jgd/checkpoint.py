@@ -222,16 +222,19 @@ def minimize_saved(fun, params, opt, *, steps, save_dir, save_every, key, init_s
 
 
 def sweep_saved(fun, params, factory, names, run_points, key_data, key_impl, chunk_size, keep_params,
-                minimize_kwargs, *, save_dir, save_every, fingerprint):
+                minimize_kwargs, *, save_dir, save_every, fingerprint, carried=None, return_carry=False):
     """``sweep``'s runs in segments of ``save_every`` steps, every segment the same program
-    continuing each run, saved after each: ``{field: (runs, ...)}`` as ``_run`` returns."""
+    continuing each run, saved after each: ``{field: (runs, ...)}`` as ``_run`` returns.
+    ``carried`` continues runs that have already run (a halving's survivors);
+    ``return_carry`` also returns what the runs continue from."""
     from jgd.sweep import _run, empty_store, initial_carry, record_segment
 
     steps = minimize_kwargs["steps"]
     evaluate = minimize_kwargs.get("evaluate")
     save_every, every = _check_segments(steps, save_dir, save_every, evaluate)
     segment_kwargs = {**minimize_kwargs, "steps": save_every}
-    carried = initial_carry(fun, params, factory, names, run_points, key_data, key_impl, segment_kwargs)
+    if carried is None:
+        carried = initial_carry(fun, params, factory, names, run_points, key_data, key_impl, segment_kwargs)
     runs = run_points.shape[0]
     store = None
     saver = Saver(save_dir, fingerprint_of(**fingerprint, save_every=save_every))
@@ -262,4 +265,4 @@ def sweep_saved(fun, params, factory, names, run_points, key_data, key_impl, chu
             saver.save(done, {"carried": carried, "store": store})
     finally:
         saver.close()
-    return store
+    return (store, carried) if return_carry else store

@@ -17,6 +17,19 @@ from jgd.sweep_result import SweepResult
 __all__ = ["halving"]
 
 
+def _saved_rung(args, carried, save_dir, save_every, r, fingerprint):
+    """One rung's runs through the saved sweep's segments, as ``_run``'s outputs."""
+    import os
+
+    from jgd.checkpoint import sweep_saved
+
+    store, carried = sweep_saved(*args, save_dir=os.path.join(os.fspath(save_dir), f"rung{r}"),
+                                 save_every=save_every, fingerprint=fingerprint, carried=carried,
+                                 return_carry=True)
+    store.pop("stopped", None)
+    return {**store, "carried": carried}
+
+
 def rung_budgets(min_steps: int, eta: int, steps: int) -> list:
     """The steps each rung has run in all: ``min_steps·eta^r`` below ``steps``, then ``steps``."""
     budgets, b = [], min_steps
@@ -41,6 +54,8 @@ def halving(
     key=None,
     chunk_size: int | None = None,
     keep_params: bool = True,
+    save_dir=None,
+    save_every: int | None = None,
     **minimize_kwargs,
 ) -> SweepResult:
     """Successive halving over ``grid`` (or ``samples`` points of it), each rung ONE program.
@@ -64,6 +79,11 @@ def halving(
       min_steps: the steps of the first rung.
       evaluate: a :class:`jgd.Eval` with a ``monitor``. Its ``every`` must divide every
         rung's budget; ``None`` evaluates at the rung ends' common divisor.
+      save_dir, save_every: survive preemption: every rung runs in segments of
+        ``save_every`` steps (it must divide every rung's budget), saved after each in
+        ``save_dir/rung<r>`` (orbax-checkpoint); called again, finished rungs are read
+        back and the interrupted one resumes from its newest checkpoint, so the result
+        equals an uninterrupted halving.
 
     Returns a :class:`jgd.SweepResult` over all configurations (grid shape ``(N,)``),
     with ``rung`` (the last rung each reached) and ``steps_spent`` (the run-steps of all
@@ -120,15 +140,30 @@ def halving(
     key_impl = jax.random.key_impl(seed_keys)
     names = tuple(axes)
 
+    if save_dir is not None or save_every is not None:
+        if save_dir is None or save_every is None:
+            raise ValueError(f"save_dir and save_every go together, got save_dir={save_dir!r}, "
+                             f"save_every={save_every!r}")
+        save_every = _check_int("save_every", save_every, 1)
+        if any(b % save_every for b in budgets) or save_every % every:
+            raise ValueError(f"save_every={save_every} must divide every rung's budget {budgets} and be a "
+                             f"multiple of evaluate.every={every}")
+
     alive = np.arange(num)
     rung = np.zeros(num, np.int32)
     carried, store, done, spent = None, None, 0, 0
     for r, budget in enumerate(budgets):
         run_steps = budget - done
-        out = _run(fun, params, factory, names, np.repeat(points[alive], seeds, axis=0),
-                   run_keys(seed_keys, alive.size), key_impl, chunk_size, keep_params,
-                   {**minimize_kwargs, "steps": run_steps, "evaluate": evaluate},
-                   carried=carried, emit_carry=True)
+        args = (fun, params, factory, names, np.repeat(points[alive], seeds, axis=0), run_keys(seed_keys, alive.size),
+                key_impl, chunk_size, keep_params, {**minimize_kwargs, "steps": run_steps, "evaluate": evaluate})
+        if save_dir is None:
+            out = _run(*args, carried=carried, emit_carry=True)
+        else:
+            out = _saved_rung(args, carried, save_dir, save_every, r, dict(
+                kind="halving", rung=r, steps=run_steps, grid=points[alive], names=list(names), seeds=seeds,
+                key=key, factory=getattr(factory, "__qualname__", repr(factory)), budgets=budgets,
+                data=minimize_kwargs.get("data"), batch_size=minimize_kwargs.get("batch_size"),
+                keep_params=keep_params))
         if store is None:
             store = empty_store(out, num * seeds, steps, every)
         rows = (alive[:, None] * seeds + np.arange(seeds)).ravel()

@@ -53,12 +53,22 @@ def minimize(steps=300, **save):
                         evaluate=jgd.Eval(lambda w, s, d: val(w, d), (X_VAL, Y_VAL), every=10, monitor="mse"), **save)
 
 
+def halving(steps=270, **save):
+    """Rungs of 30, 90 and 270 steps over 12 configurations, two seeds each."""
+    return jgd.halving(loss, init, jgd.momentum, {"learning_rate": [0.003, 0.01, 0.03, 0.1, 0.2, 0.3],
+                                                   "beta": [0.0, 0.9]},
+                       seeds=2, key=jax.random.key(4), steps=steps, min_steps=30, eta=3, data=(X, Y), batch_size=16,
+                       evaluate=jgd.Eval(val, (X_VAL, Y_VAL), every=10, monitor="mse"), **save)
+
+
 def arrays(result):
     """The fields compared bit for bit, as name -> numpy array."""
     if isinstance(result, jgd.SweepResult):
         fields = dict(losses=result.losses, params=result.params, best_params=result.best_params,
                       mse=result.evals["mse"], best_loss=result.best_loss, best_step=result.best_step,
                       num_steps=result.num_steps)
+        if result.rung is not None:
+            fields["rung"] = result.rung
     else:
         fields = dict(losses=result.losses, params=result.params, best_params=result.best_params,
                       mse=result.evals["mse"], model_state=result.model_state, aux=result.aux["first"],
@@ -69,5 +79,6 @@ def arrays(result):
 if __name__ == "__main__":
     kind, save_dir, out = sys.argv[1], sys.argv[2], sys.argv[3]
     steps = int(sys.argv[4]) if len(sys.argv) > 4 else 300
-    run = sweep if kind == "sweep" else minimize
-    np.savez(out, **arrays(run(steps=steps, save_dir=save_dir, save_every=20)))
+    run = {"sweep": sweep, "minimize": minimize, "halving": halving}[kind]
+    save_every = 10 if kind == "halving" else 20
+    np.savez(out, **arrays(run(save_dir=save_dir, save_every=save_every, **({} if len(sys.argv) <= 4 else {"steps": steps}))))

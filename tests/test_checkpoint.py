@@ -71,6 +71,27 @@ def test_killed_and_called_again_equals_uninterrupted(kind, uninterrupted, tmp_p
         assert_same(dict(result), uninterrupted[kind])
 
 
+def test_halving_saved_and_killed_equals_uninterrupted(tmp_path):
+    expected = checkpoint_case.arrays(checkpoint_case.halving())
+    assert_same(checkpoint_case.arrays(checkpoint_case.halving(save_dir=tmp_path / "whole", save_every=10)), expected)
+    assert [checkpoints(tmp_path / "whole" / f"rung{r}")[-1] for r in range(3)] == [30, 60, 180]
+    save_dir, out = tmp_path / "run", tmp_path / "out.npz"
+    command = [sys.executable, str(HERE / "checkpoint_case.py"), "halving", str(save_dir), str(out)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while len(checkpoints(save_dir / "rung1")) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    _, stderr = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, "the run must be killed before it finishes: " + stderr[-2000:]
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from" in again.stderr
+    with np.load(out) as result:
+        assert_same(dict(result), expected)
+
+
 def test_sweep_without_evaluation_saved_in_segments(tmp_path):
     kwargs = dict(seeds=2, steps=60, data=(checkpoint_case.X, checkpoint_case.Y), batch_size=16)
     grid = {"learning_rate": [0.01, 0.1, 3.0]}  # the last one diverges: it stays stopped across segments
