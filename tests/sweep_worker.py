@@ -1,5 +1,6 @@
 """Runs one fixed sweep and saves its losses; used by test_sweep.py in subprocesses with
-4 forced CPU devices, or as one of two processes joined by jax.distributed."""
+4 forced CPU devices, or as one of two processes joined by jax.distributed (optionally
+saving to, and resuming from, a save_dir given after the port)."""
 
 import sys
 
@@ -17,7 +18,8 @@ if __name__ == "__main__":
 import sweep_case  # noqa: E402
 
 if __name__ == "__main__":
-    result = sweep_case.run()
+    save = {} if len(sys.argv) <= 5 else {"save_dir": sys.argv[5], "save_every": 10}
+    result = sweep_case.run(**save)
     assert len(jax.devices()) == (4 if mode == "devices" else 2 if mode == "distributed" else 1), jax.devices()
     np.save(out, result.losses)
     print("devices", len(jax.devices()), "processes", jax.process_count())

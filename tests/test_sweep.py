@@ -3,6 +3,7 @@
 import os
 import pathlib
 import pickle
+import shutil
 import socket
 import subprocess
 import sys
@@ -131,13 +132,13 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_equal_one_process(result, tmp_path):
+def _two_processes(tmp_path, *save_dir):
     port = str(_free_port())
     env = _subprocess_env(JAX_PLATFORMS="cpu")
     procs = [
         subprocess.Popen(
             [sys.executable, str(HERE / "sweep_worker.py"), str(tmp_path / f"losses{i}.npy"),
-             "distributed", str(i), port],
+             "distributed", str(i), port, *map(str, save_dir)],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for i in range(2)
@@ -150,6 +151,25 @@ def test_two_processes_equal_one_process(result, tmp_path):
     for p, (stdout, stderr) in zip(procs, outputs):
         assert p.returncode == 0, stderr[-3000:]
         assert "processes 2" in stdout
+    return [stderr for _, stderr in outputs]
+
+
+def test_two_processes_equal_one_process(result, tmp_path):
+    _two_processes(tmp_path)
+    for i in range(2):
+        np.testing.assert_allclose(np.load(tmp_path / f"losses{i}.npy"), result.losses, rtol=1e-6, atol=1e-7)
+
+
+def test_two_processes_save_and_resume_together(result, tmp_path):
+    pytest.importorskip("orbax.checkpoint")
+    save_dir = tmp_path / "saved"
+    _two_processes(tmp_path, save_dir)
+    steps = sorted(int(p.name) for p in save_dir.iterdir() if p.name.isdigit())
+    assert steps == [20, 30]
+    # An interruption after step 20: the newest checkpoint is gone; both processes resume there.
+    shutil.rmtree(save_dir / "30")
+    stderrs = _two_processes(tmp_path, save_dir)
+    assert all("resuming from" in e and "at step 20" in e for e in stderrs), stderrs[0][-2000:]
     for i in range(2):
         np.testing.assert_allclose(np.load(tmp_path / f"losses{i}.npy"), result.losses, rtol=1e-6, atol=1e-7)
 
