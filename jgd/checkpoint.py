@@ -124,7 +124,7 @@ def _jsonable(value):
 
 
 def _check_segments(steps, save_dir, save_every, evaluate):
-    from jgd.minimize import _check_int
+    from jgd._arguments import _check_int
 
     if save_dir is None or save_every is None:
         raise ValueError(f"save_dir and save_every go together, got save_dir={save_dir!r}, save_every={save_every!r}")
@@ -145,8 +145,9 @@ def _check_segments(steps, save_dir, save_every, evaluate):
 def minimize_saved(fun, params, opt, *, steps, save_dir, save_every, key, init_state, evaluate,
                    model_state, has_aux, record_aux, progress, **kwargs):
     """``minimize`` in segments of ``save_every`` steps, saved after each (DESIGN §5)."""
+    from jgd._arguments import _as_key, _check_int
     from jgd.flat import layout
-    from jgd.minimize import LoopState, Result, _as_key, _check_int, initial_state, minimize
+    from jgd.minimize import LoopState, Result, initial_state, minimize
     from jgd.sweep import unfilled
 
     steps = _check_int("steps", steps, 1)

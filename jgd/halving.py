@@ -9,8 +9,8 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
+from jgd._arguments import _as_key, _check_bool, _check_int
 from jgd.evaluation import Eval
-from jgd.minimize import _as_key, _check_bool, _check_int
 from jgd.sweep import _check_kwargs, _run, empty_store, grid_points, record_segment, run_keys
 from jgd.sweep_result import SweepResult
 

@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jgd._arguments import _as_key, _check_bool, _check_int
 from jgd.evaluation import Eval
-from jgd.minimize import _as_key, _check_bool, _check_int, initial_state, minimize
+from jgd.minimize import initial_state, minimize
 from jgd.search import Distribution, sample_grid
 from jgd.sweep_result import SweepResult
 
