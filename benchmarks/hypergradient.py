@@ -42,7 +42,7 @@ def problem():
 
 
 def main(smoke):
-    steps, every = (40, 10) if smoke else (2000, 50)
+    steps, every = (10, 5) if smoke else (2000, 50)
     loss, params, data = problem()
     size = sum(x.size for x in jax.tree.leaves(params))
 

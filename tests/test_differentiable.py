@@ -137,7 +137,7 @@ def test_differentiable_loop_equals_the_normal_loop(tol):
     common = dict(steps=36, data=(x, y), batch_size=8, microbatches=2, key=jax.random.key(5), model_state=state,
                   with_key=True, evaluate=evaluate, tol=tol)
     normal = jgd.minimize(_mlp_loss, params, jgd.adam(0.05), **common)
-    for checkpoint_every in (None, 4, 12):
+    for checkpoint_every in ((None, 4) if tol is None else (12,)):
         ours = jgd.minimize(_mlp_loss, params, jgd.adam(0.05), differentiable=True,
                             checkpoint_every=checkpoint_every, **common)
         for a, b in zip(jax.tree.leaves(ours._replace(key=None)), jax.tree.leaves(normal._replace(key=None))):
