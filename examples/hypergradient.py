@@ -19,18 +19,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
+from sweep_digits import splits
 
 import jgd
-
-
-def splits():
-    X, y = load_digits(return_X_y=True)
-    X, y = (X / 16.0).astype(np.float32), y.astype(np.int32)
-    X_rest, X_test, y_rest, y_test = train_test_split(X, y, test_size=450, random_state=0, stratify=y)
-    X_train, X_val, y_train, y_val = train_test_split(X_rest, y_rest, test_size=450, random_state=0, stratify=y_rest)
-    return (X_train, y_train), (X_val, y_val), (X_test, y_test)
 
 
 def cross_entropy(params, data):
@@ -72,7 +63,7 @@ def main(steps, outer, checkpoint_every):
     grid = {"learning_rate": np.logspace(-3, 0, per_axis), "weight_decay": np.logspace(-4, 0, per_axis)}
     start = time.perf_counter()
     result = jgd.sweep(cross_entropy, INIT, jgd.adamw, grid, steps=steps, data=train,
-                       evaluate=jgd.Eval(lambda p, d: cross_entropy(p, d), val, monitor="eval"))
+                       evaluate=jgd.Eval(cross_entropy, val, monitor="eval"))
     best = result.best(by="eval", mode="min")
     grid_time = time.perf_counter() - start
 
