@@ -281,24 +281,29 @@ class _Mask:
         return jax.tree.unflatten(self.treedef, self.values)
 
 
+def _bools(mask):
+    """``mask`` as a pytree of Python bools, or a TypeError naming the leaf that is not one."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(mask)[0]:
+        if not isinstance(leaf, (bool, np.bool_)):
+            raise TypeError(f"mask{jax.tree_util.keystr(path)} must be a Python bool (one per leaf), got {leaf!r}")
+    return jax.tree.map(bool, mask)
+
+
 def _as_mask(mask):
     if mask is None or callable(mask):
         return mask
-    leaves, treedef = jax.tree.flatten(mask)
-    for path, leaf in jax.tree_util.tree_flatten_with_path(mask)[0]:
-        if not isinstance(leaf, (bool, np.bool_)):
-            raise TypeError(f"mask{jax.tree_util.keystr(path)} must be a Python bool, got {leaf!r}")
-    return _Mask(treedef, tuple(bool(x) for x in leaves))
+    leaves, treedef = jax.tree.flatten(_bools(mask))
+    return _Mask(treedef, tuple(leaves))
 
 
 def _decay_mask(mask, params):
     """The mask as a pytree of Python bools shaped like ``params``."""
-    tree = mask.tree() if isinstance(mask, _Mask) else mask(params)
+    if isinstance(mask, _Mask):
+        tree = mask.tree()
+    else:
+        tree = _bools(mask(params))
     check_same_structure("mask", tree, "params", params)
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        if not isinstance(leaf, (bool, np.bool_)):
-            raise TypeError(f"mask{jax.tree_util.keystr(path)} must be a Python bool (one per leaf), got {leaf!r}")
-    return jax.tree.map(bool, tree)
+    return tree
 
 
 def _adam_family(learning_rate, b1, b2, eps, eps_root, weight_decay, mask, state_dtype, mu_dtype):
