@@ -115,6 +115,11 @@ def _proximal_init(hp, params):
                                  step=jnp.ones([], dtype), residual=jnp.full([], jnp.inf, dtype))
 
 
+def _prox_step(hp, y, g, eta):
+    """``prox(y − η·g, η)``: the proximal gradient step from ``y`` with step ``η``."""
+    return hp.prox(jax.tree.map(lambda a, b: a - eta.astype(a.dtype) * b.astype(a.dtype), y, g), eta)
+
+
 def _backtrack(hp, y, g, value, value_fn, state):
     """Beck–Teboulle's step: the largest η = η₀·2^k (k ≤ 0 after the first update) whose
     prox step satisfies the quadratic upper bound of f at y."""
@@ -122,14 +127,12 @@ def _backtrack(hp, y, g, value, value_fn, state):
     value = jnp.asarray(value, dtype)
     slack = 4 * jnp.finfo(dtype).eps * (1 + jnp.abs(value))  # float rounding, not a larger step
 
-    def prox_step(eta):
-        return hp.prox(jax.tree.map(lambda a, b: a - eta.astype(a.dtype) * b.astype(a.dtype), y, g), eta)
+    g_ = jax.tree.map(lambda b: b.astype(dtype), g)
 
     def bound_holds(eta):
-        x = prox_step(eta)
+        x = _prox_step(hp, y, g, eta)
         d = jax.tree.map(lambda a, b: (a - b).astype(dtype), x, y)
-        linear = sum((jnp.sum(gi.astype(dtype) * di) for gi, di in zip(jax.tree.leaves(g), jax.tree.leaves(d))),
-                     jnp.zeros([], dtype))
+        linear = optax.tree.vdot(g_, d)
         quadratic = global_norm(d).astype(dtype) ** 2 / (2 * eta)
         return jnp.asarray(value_fn(x), dtype) <= value + linear + quadratic + slack
 
@@ -155,7 +158,7 @@ def _proximal_update(hp, updates, state, params=None, *, value=None, value_fn=No
         lr = _backtrack(hp, params, updates, value, value_fn, state)
     else:
         lr = learning_rate_at(hp.learning_rate, state.count)
-    x = hp.prox(jax.tree.map(lambda y, g: y - lr.astype(y.dtype) * g.astype(y.dtype), params, updates), lr)
+    x = _prox_step(hp, params, updates, lr)
     dtype = scalar_dtype()
     residual = global_norm(jax.tree.map(lambda a, b: a - b, x, params)).astype(dtype) / lr.astype(dtype)
     if hp.accelerated:
