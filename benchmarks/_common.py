@@ -7,7 +7,6 @@ import pathlib
 import platform
 import statistics
 import sys
-import time
 
 import jax
 
@@ -20,18 +19,10 @@ def interleaved(contenders: dict, repeats: int, per_round: int = 1):
     ``repeats`` rounds, and returns the median seconds of one call of each: interleaving
     spreads machine noise evenly over the contenders. With ``per_round > 1`` each turn
     starts with one untimed call, so a contender's caches are warm again after the
-    others ran."""
-    for fn in contenders.values():  # warm-up and compile
-        fn()
-    times = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, fn in contenders.items():
-            if per_round > 1:
-                fn()
-            for _ in range(per_round):
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
+    others ran (``jgd.benchmark.interleaved_times`` does the timing)."""
+    from jgd.benchmark import interleaved_times
+
+    times = interleaved_times(contenders, repeats, per_round, rewarm=per_round > 1)
     return {name: statistics.median(t) for name, t in times.items()}
 
 

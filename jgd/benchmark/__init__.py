@@ -10,6 +10,7 @@ one. ``benchmarks/update_step.py`` publishes the project's own table with them.
 from jgd.benchmark.comparison import Comparison, compare
 from jgd.benchmark.timing import (
     bytes_per_step,
+    interleaved_times,
     make_tree,
     median_seconds,
     roofline_gb_per_s,
@@ -25,6 +26,7 @@ __all__ = [
     "Comparison",
     "load_tree",
     "time_update",
+    "interleaved_times",
     "update_runner",
     "bytes_per_step",
     "state_bytes",

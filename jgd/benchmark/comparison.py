@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jgd.benchmark.rules import RULES, TORCH_IMPLEMENTATIONS
-from jgd.benchmark.timing import bytes_per_step, roofline_runner, state_bytes, update_runner
+from jgd.benchmark.timing import bytes_per_step, interleaved_times, roofline_runner, state_bytes, update_runner
 
 __all__ = ["compare", "Comparison", "available_torch_contender", "import_torch"]
 
@@ -268,16 +268,7 @@ def compare(
         roof["args"] = jax.block_until_ready(axpy(*roof["args"]))
 
     steps = {name: c.step for name, c in built.items()} | {"\0roofline": roofline}
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for step in steps.values():  # warm up (JAX contenders are compiled already)
-        step()
-    for _ in range(rounds):
-        for name, step in steps.items():
-            step()  # untimed: warm this contender's caches again
-            for _ in range(repeats):
-                start = time.perf_counter()
-                step()
-                times[name].append(time.perf_counter() - start)
+    times = interleaved_times(steps, rounds, per_round=repeats)
     roofline_gb_per_s = 3 * 4 * roof_size / statistics.median(times.pop("\0roofline")) / 1e9
     quartiles = {name: _quartiles(t) for name, t in times.items()}
     b_q1, b_median, b_q3 = quartiles[baseline]

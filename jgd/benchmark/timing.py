@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-__all__ = ["time_update", "update_runner", "bytes_per_step", "state_bytes", "roofline_runner", "roofline_gb_per_s",
+__all__ = ["interleaved_times", "time_update", "update_runner", "bytes_per_step", "state_bytes", "roofline_runner", "roofline_gb_per_s",
            "make_tree", "median_seconds"]
 
 
@@ -50,6 +50,25 @@ def median_seconds(fn, *args, repeats: int = 20, warmup: int = 3):
         args = jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - start)
     return statistics.median(times), args
+
+
+def interleaved_times(calls: dict, rounds: int, per_round: int = 1, rewarm: bool = True) -> dict:
+    """Seconds of every timed call of each zero-argument callable in ``calls``: one warm-up
+    call each, then ``rounds`` rounds in which each callable in turn makes one untimed call
+    (with ``rewarm``: its caches are warm again after the others ran) and ``per_round``
+    timed ones. Interleaving spreads the machine's noise over all of them alike."""
+    for call in calls.values():  # warm-up (and compilation, for a jitted call)
+        call()
+    times: dict = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            if rewarm:
+                call()
+            for _ in range(per_round):
+                start = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - start)
+    return times
 
 
 def update_runner(opt, params, *, steps_per_call: int = 1):
