@@ -18,7 +18,7 @@ import warnings
 import jax
 import numpy as np
 
-__all__ = ["Saver", "fingerprint_of"]
+__all__ = ["Saver", "fingerprint_of", "sweep_fingerprint"]
 
 
 def _orbax():
@@ -51,6 +51,17 @@ def fingerprint_of(**parts) -> dict:
 
     return {name: value if isinstance(value, (int, float, str, bool, type(None))) else describe(value)
             for name, value in parts.items()}
+
+
+def sweep_fingerprint(kind: str, run_args: tuple, *, grid, seeds: int, key, **extra) -> dict:
+    """The configuration of a saved sweep (or halving rung) from the arguments of its
+    runs (as ``sweep._run`` takes them): what another call must match to resume."""
+    _, params, factory, names, _, key_data, key_impl, _, keep_params, kwargs = run_args
+    if callable(params):  # an init function: the shapes it makes
+        params = jax.eval_shape(params, jax.random.wrap_key_data(key_data[0], impl=key_impl))
+    return dict(kind=kind, steps=kwargs["steps"], grid=grid, names=list(names), seeds=seeds, key=key,
+                factory=getattr(factory, "__qualname__", repr(factory)), params=params,
+                data=kwargs.get("data"), batch_size=kwargs.get("batch_size"), keep_params=keep_params, **extra)
 
 
 class Saver:

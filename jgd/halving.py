@@ -4,12 +4,14 @@ continue from where they stopped."""
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 
 import jax
 import numpy as np
 
 from jgd._arguments import _as_key, _check_bool, _check_int
+from jgd.checkpoint import sweep_fingerprint, sweep_saved
 from jgd.evaluation import Eval
 from jgd.sweep import _check_kwargs, _run, empty_store, grid_points, record_segment, run_keys
 from jgd.sweep_result import SweepResult
@@ -19,10 +21,6 @@ __all__ = ["halving"]
 
 def _saved_rung(args, carried, save_dir, save_every, r, fingerprint):
     """One rung's runs through the saved sweep's segments, as ``_run``'s outputs."""
-    import os
-
-    from jgd.checkpoint import sweep_saved
-
     store, carried = sweep_saved(*args, save_dir=os.path.join(os.fspath(save_dir), f"rung{r}"),
                                  save_every=save_every, fingerprint=fingerprint, carried=carried,
                                  return_carry=True)
@@ -159,11 +157,8 @@ def halving(
         if save_dir is None:
             out = _run(*args, carried=carried, emit_carry=True)
         else:
-            out = _saved_rung(args, carried, save_dir, save_every, r, dict(
-                kind="halving", rung=r, steps=run_steps, grid=points[alive], names=list(names), seeds=seeds,
-                key=key, factory=getattr(factory, "__qualname__", repr(factory)), budgets=budgets,
-                data=minimize_kwargs.get("data"), batch_size=minimize_kwargs.get("batch_size"),
-                keep_params=keep_params))
+            out = _saved_rung(args, carried, save_dir, save_every, r, sweep_fingerprint(
+                "halving", args, grid=points[alive], seeds=seeds, key=key, rung=r, budgets=budgets))
         if store is None:
             store = empty_store(out, num * seeds, steps, every)
         rows = (alive[:, None] * seeds + np.arange(seeds)).ravel()

@@ -234,14 +234,10 @@ def sweep(
     if save_dir is None and save_every is None:
         result = _run(*args)
     else:
-        from jgd.checkpoint import sweep_saved
+        from jgd.checkpoint import sweep_fingerprint, sweep_saved
 
-        result = sweep_saved(*args, save_dir=save_dir, save_every=save_every, fingerprint=dict(
-            kind="sweep", steps=minimize_kwargs["steps"], grid=points, names=list(axes), seeds=seeds, key=key,
-            factory=getattr(factory, "__qualname__", repr(factory)),
-            params=params if not callable(params) else jax.eval_shape(params, seed_keys[0]),
-            data=minimize_kwargs.get("data"), batch_size=minimize_kwargs.get("batch_size"),
-            keep_params=keep_params))
+        result = sweep_saved(*args, save_dir=save_dir, save_every=save_every,
+                             fingerprint=sweep_fingerprint("sweep", args, grid=points, seeds=seeds, key=key))
         result.pop("stopped", None)
     out = jax.tree.map(lambda x: x.reshape(grid_shape + (seeds,) + x.shape[1:]), result)
     evaluate = minimize_kwargs.get("evaluate")
