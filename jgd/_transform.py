@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import numbers
+import types
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -44,11 +45,63 @@ __all__ = [
 
 
 @jax.tree_util.register_static
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Static:
-    """A hyperparameter that is part of the compiled program rather than a leaf."""
+    """A hyperparameter that is part of the compiled program rather than a leaf.
+
+    Two are equal when their values are equal by :func:`static_key`: so an equal mask
+    rebuilt as a ``functools.partial``, an equal label tree or an optax piece rebuilt from
+    equal arguments is the same compiled program, not a retrace."""
 
     value: Any
+
+    def __eq__(self, other):
+        return isinstance(other, Static) and static_key(self.value) == static_key(other.value)
+
+    def __hash__(self):
+        return hash(static_key(self.value))
+
+
+def static_key(value, _depth: int = 0):
+    """A hashable key that is equal for values that build the same program.
+
+    ``functools.partial``s compare by function and arguments, functions (optax's closures)
+    by code and the keys of what they close over, containers and pytrees by their parts,
+    numpy and concrete JAX arrays by dtype, shape and bytes. What cannot be looked into
+    (a traced value, a deep cycle) compares by identity, never by a guess."""
+    if _depth > 32:
+        return ("id", id(value))
+    key = functools.partial(static_key, _depth=_depth + 1)
+    if isinstance(value, functools.partial):
+        return ("partial", key(value.func), key(value.args), key(sorted(value.keywords.items())))
+    if isinstance(value, types.FunctionType):
+        cells = tuple(key(c.cell_contents) if _filled(c) else ("empty",) for c in value.__closure__ or ())
+        return ("function", value.__code__, key(value.__defaults__), key(value.__kwdefaults__), cells)
+    if isinstance(value, dict):
+        return ("dict", tuple(sorted(((repr(k), key(v)) for k, v in value.items()), key=lambda kv: kv[0])))
+    if isinstance(value, (list, tuple)):
+        return (type(value), tuple(key(v) for v in value))
+    if isinstance(value, jax.core.Tracer):
+        return ("id", id(value))
+    if isinstance(value, (np.ndarray, jax.Array)):
+        array = np.asarray(value)
+        return ("array", array.shape, str(array.dtype), array.tobytes())
+    try:
+        hash(value)
+    except TypeError:
+        leaves, treedef = jax.tree.flatten(value)
+        if len(leaves) == 1 and leaves[0] is value:
+            return ("id", id(value))
+        return ("tree", treedef, tuple(key(x) for x in leaves))
+    return value
+
+
+def _filled(cell) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:
+        return False
+    return True
 
 
 _NUMERIC = (jax.Array, np.ndarray, np.generic, numbers.Number)

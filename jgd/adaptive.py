@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jgd.lift import lift
 from jgd._transform import (
     Static,
     as_scalar,
@@ -119,8 +120,8 @@ class RMSPropState(NamedTuple):
 
 
 def rmsprop(
-    learning_rate, decay=0.9, eps=1e-8, centered: bool = False, momentum=None, nesterov: bool = False, *,
-    state_dtype=None,
+    learning_rate, decay=0.9, eps=1e-8, initial_scale=0.0, eps_in_sqrt: bool = True, centered: bool = False,
+    momentum=None, nesterov: bool = False, bias_correction: bool = False, *, state_dtype=None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""RMSProp: divide by a running root-mean-square of the gradients.
 
@@ -132,7 +133,9 @@ def rmsprop(
     :math:`\sqrt{v_t - m_t^2 + \epsilon}` (Graves 2013). ``momentum=\mu`` then
     accumulates the steps, :math:`b_t = u_t + \mu b_{t-1}`, and applies :math:`b_t` (or
     :math:`u_t + \mu b_t` with ``nesterov``). Equals ``optax.rmsprop`` with the same
-    arguments.
+    arguments, in optax's order; ``initial_scale != 0``, ``eps_in_sqrt=False`` and
+    ``bias_correction=True`` run optax's own rule through :func:`jgd.lift` (the same
+    numbers, still one leaf per hyperparameter).
 
     Example::
 
@@ -150,6 +153,12 @@ def rmsprop(
         check_decay("momentum", momentum)
     elif nesterov:
         raise ValueError("nesterov=True needs momentum= (the coefficient of the accumulated steps)")
+    if not (_is_zero(initial_scale) and eps_in_sqrt is True and bias_correction is False):
+        if state_dtype is not None:
+            raise ValueError("rmsprop: state_dtype is not supported with initial_scale, eps_in_sqrt=False or "
+                             "bias_correction (optax's rule has no such argument)")
+        return _optax_rmsprop(learning_rate, decay, eps, initial_scale, eps_in_sqrt, centered, momentum, nesterov,
+                              bias_correction)
     return transformation(
         _rmsprop_init,
         _rmsprop_update,
@@ -161,6 +170,15 @@ def rmsprop(
         nesterov=nesterov,
         state_dtype=check_state_dtype(state_dtype),
     )
+
+
+_optax_rmsprop = lift(optax.rmsprop, elementwise=True, name="jgd.rmsprop")
+_optax_adam = lift(optax.adam, elementwise=True, name="jgd.adam")
+_optax_adamw = lift(optax.adamw, elementwise=True, name="jgd.adamw")
+
+
+def _is_zero(value) -> bool:
+    return isinstance(value, (int, float)) and value == 0
 
 
 def _rmsprop_init(hp, params):
@@ -217,7 +235,8 @@ class AdamState(NamedTuple):
 
 
 def adam(
-    learning_rate, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, mu_dtype=None, *, state_dtype=None
+    learning_rate, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, mu_dtype=None, *, nesterov: bool = False,
+    state_dtype=None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Adam: bias-corrected first and second moment estimates.
 
@@ -239,14 +258,20 @@ def adam(
       >>> opt = jgd.adam(3e-4)
       >>> state = opt.init({"w": jnp.zeros((2, 3))})
 
+    ``nesterov=True`` (NAdam's look-ahead first moment) runs ``optax.adam``'s rule through
+    :func:`jgd.lift`.
+
     Reference: Kingma & Ba, "Adam: A method for stochastic optimization", ICLR 2015.
     """
+    if nesterov:
+        _no_state_dtype("adam", state_dtype)
+        return _optax_adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=True)
     return _adam_family(learning_rate, b1, b2, eps, eps_root, None, None, state_dtype, mu_dtype)
 
 
 def adamw(
     learning_rate, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, mu_dtype=None, weight_decay=1e-4, mask=None, *,
-    state_dtype=None,
+    nesterov: bool = False, state_dtype=None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""AdamW: Adam with decoupled weight decay.
 
@@ -267,7 +292,15 @@ def adamw(
     Reference: Loshchilov & Hutter, "Decoupled weight decay regularization", ICLR 2019.
     """
     check_scalar("weight_decay", weight_decay, lower=0.0)
+    if nesterov:
+        _no_state_dtype("adamw", state_dtype)
+        return _optax_adamw(learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, mask, nesterov=True)
     return _adam_family(learning_rate, b1, b2, eps, eps_root, weight_decay, _as_mask(mask), state_dtype, mu_dtype)
+
+
+def _no_state_dtype(rule, state_dtype):
+    if state_dtype is not None:
+        raise ValueError(f"{rule}: state_dtype is not supported with nesterov=True (use mu_dtype, as optax)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,14 +25,20 @@ from jgd._transform import (
 __all__ = ["sgd", "momentum", "nesterov", "MomentumState"]
 
 
-def sgd(learning_rate) -> optax.GradientTransformationExtraArgs:
+def sgd(learning_rate, momentum=None, nesterov: bool = False, accumulator_dtype=None
+        ) -> optax.GradientTransformationExtraArgs:
     r"""(Stochastic) gradient descent: :math:`u_t = -\eta_t\, g_t`.
 
     Full-batch GD, SGD or mini-batch GD depending on the gradient it is fed
-    (see :func:`jgd.minimize`). Equals ``optax.sgd(learning_rate)``.
+    (see :func:`jgd.minimize`). Equals ``optax.sgd`` with the same arguments: with
+    ``momentum`` it is :func:`momentum` (``beta=momentum``, ``nesterov``, the trace in
+    ``accumulator_dtype``).
 
     Args:
       learning_rate: a number ``>= 0`` or a schedule ``count -> scalar``.
+      momentum: ``None`` (plain gradient descent) or the momentum coefficient in ``[0, 1)``.
+      nesterov: Nesterov's look-ahead form (needs ``momentum``).
+      accumulator_dtype: the momentum trace's dtype (default: the params').
 
     Example::
 
@@ -45,6 +51,10 @@ def sgd(learning_rate) -> optax.GradientTransformationExtraArgs:
 
     Reference: Robbins & Monro, "A stochastic approximation method", 1951.
     """
+    if momentum is not None:
+        return _heavy_ball(learning_rate, momentum, nesterov, mu_dtype=accumulator_dtype)
+    if nesterov:
+        raise ValueError("sgd: nesterov=True needs momentum= (as optax.sgd, which would ignore it)")
     check_learning_rate(learning_rate)
     return transformation(_sgd_init, _sgd_update, learning_rate=learning_rate)
 
@@ -109,6 +119,9 @@ def momentum(
         nesterov=nesterov,
         state_dtype=check_state_dtype(mu_dtype, "mu_dtype") or check_state_dtype(state_dtype),
     )
+
+
+_heavy_ball = momentum  # sgd's ``momentum`` argument shadows the function's name there
 
 
 def nesterov(learning_rate, beta=0.9, *, state_dtype=None, mu_dtype=None):
