@@ -31,7 +31,12 @@ import numpy as np
 from jgd._transform import check_scalar, scalar_dtype
 
 __all__ = ["constant", "linear", "cosine_decay", "warmup_cosine_decay", "exponential_decay",
-           "piecewise_constant", "join"]
+           "piecewise_constant", "join", "polynomial", "piecewise_interpolate",
+           # optax's names and signatures
+           "constant_schedule", "linear_schedule", "polynomial_schedule", "cosine_decay_schedule",
+           "warmup_cosine_decay_schedule", "warmup_constant_schedule", "warmup_exponential_decay_schedule",
+           "piecewise_constant_schedule", "piecewise_interpolate_schedule", "join_schedules", "sgdr_schedule",
+           "cosine_onecycle_schedule", "linear_onecycle_schedule"]
 
 
 class Schedule:
@@ -255,3 +260,140 @@ class join(Schedule):
 
 def _concrete(*values):
     return not any(isinstance(v, jax.core.Tracer) for v in values)
+
+
+class polynomial(Schedule):
+    r"""``(I − E)·(1 − clip(t − B, 0, T)/T)^power + E`` (optax's ``polynomial_schedule``);
+    ``init_value`` throughout when ``transition_steps <= 0``, ``B`` floored at 0."""
+
+    _leaves = ("init_value", "end_value", "power", "transition_steps", "transition_begin")
+
+    def __init__(self, init_value, end_value, power, transition_steps, transition_begin=0):
+        self.init_value, self.end_value = check_scalar("init_value", init_value), check_scalar("end_value", end_value)
+        self.power = check_scalar("power", power)
+        self.transition_steps = _count_field("transition_steps", transition_steps)
+        self.transition_begin = _count_field("transition_begin", transition_begin)
+
+    def __call__(self, count):
+        steps, begin = self._value(self.transition_steps), jnp.maximum(self._value(self.transition_begin), 0)
+        safe = jnp.where(steps > 0, steps, 1)
+        t = jnp.clip(self._count(count) - begin, 0, safe)
+        init, end = self._value(self.init_value), self._value(self.end_value)
+        return jnp.where(steps > 0, (init - end) * (1 - t / safe) ** self._value(self.power) + end, init)
+
+
+class piecewise_interpolate(Schedule):
+    """Interpolates (``"linear"`` or ``"cosine"``) between ``init_value`` times the running
+    product of the scales, from one boundary to the next (optax's
+    ``piecewise_interpolate_schedule``). Boundaries and scales are leaves here, so a
+    one-cycle schedule's length or peak can be swept."""
+
+    _leaves = ("init_value", "boundaries", "scales")
+    _static = ("interpolate_type",)
+
+    def __init__(self, interpolate_type: str, init_value, boundaries_and_scales: dict | None = None):
+        if interpolate_type not in ("linear", "cosine"):
+            raise ValueError(f"interpolate_type must be 'linear' or 'cosine', got {interpolate_type!r}")
+        self.interpolate_type = interpolate_type
+        self.init_value = check_scalar("init_value", init_value)
+        items = sorted((boundaries_and_scales or {}).items())
+        self.boundaries = tuple(_count_field(f"boundaries_and_scales key {b!r}", b) for b, _ in items)
+        self.scales = tuple(check_scalar(f"boundaries_and_scales[{b}]", v, lower=0.0) for b, v in items)
+
+    def __call__(self, count):
+        count = self._count(count)
+        bounds = [self._value(0.0)] + [self._value(b) for b in self.boundaries]
+        values = [self._value(self.init_value)]
+        for scale in self.scales:
+            values.append(values[-1] * self._value(scale))
+        out = jnp.where(bounds[-1] <= count, values[-1], jnp.zeros_like(values[-1]))
+        for i in range(len(self.boundaries)):
+            lo, hi = bounds[i], bounds[i + 1]
+            pct = (count - lo) / jnp.maximum(hi - lo, 1)
+            a, b = values[i], values[i + 1]
+            if self.interpolate_type == "linear":
+                here = a + pct * (b - a)
+            else:
+                here = b + 0.5 * (a - b) * (1 + jnp.cos(jnp.pi * pct))
+            out = out + jnp.where((lo <= count) & (count < hi), here, jnp.zeros_like(here))
+        return out
+
+
+# --------------------------------------------------------------------------- optax's names
+
+
+constant_schedule = constant
+linear_schedule = linear
+polynomial_schedule = polynomial
+cosine_decay_schedule = cosine_decay
+warmup_cosine_decay_schedule = warmup_cosine_decay
+piecewise_constant_schedule = piecewise_constant
+piecewise_interpolate_schedule = piecewise_interpolate
+
+
+def join_schedules(schedules: Sequence, boundaries: Sequence) -> join:
+    """optax's ``join_schedules``: :class:`join`."""
+    return join(schedules, boundaries)
+
+
+def warmup_constant_schedule(init_value, peak_value, warmup_steps) -> linear:
+    """Linear warmup from ``init_value`` to ``peak_value`` over ``warmup_steps``, then
+    ``peak_value`` (optax's ``warmup_constant_schedule``)."""
+    return linear(init_value, peak_value, warmup_steps)
+
+
+def warmup_exponential_decay_schedule(init_value, peak_value, warmup_steps, transition_steps, decay_rate,
+                                      transition_begin=0, staircase=False, end_value=None) -> join:
+    """Linear warmup to ``peak_value``, then :class:`exponential_decay` from it (optax's
+    ``warmup_exponential_decay_schedule``)."""
+    return join([linear(init_value, peak_value, warmup_steps),
+                 exponential_decay(peak_value, transition_steps, decay_rate, transition_begin, staircase, end_value)],
+                [warmup_steps])
+
+
+def sgdr_schedule(cosine_kwargs) -> join:
+    """Warm restarts (Loshchilov & Hutter, 2017): one :class:`warmup_cosine_decay` per dict
+    of its arguments, one after the other (optax's ``sgdr_schedule``)."""
+    cosine_kwargs = list(cosine_kwargs)
+    if not cosine_kwargs:
+        raise ValueError("sgdr_schedule needs at least one dict of warmup_cosine_decay arguments")
+    schedules = [warmup_cosine_decay(**kwargs) for kwargs in cosine_kwargs]
+    boundaries, step = [], 0.0
+    for s in schedules[:-1]:
+        step = step + s.decay_steps
+        boundaries.append(step)
+    return join(schedules, boundaries)
+
+
+def _onecycle(kind, transition_steps, peak_value, div_factor, cuts):
+    steps = _count_field("transition_steps", transition_steps, lower=0.0, lower_open=True)
+    points = {}
+    for fraction, scale in cuts:
+        # optax truncates the boundaries with int(); jnp.floor does the same to a leaf
+        points[len(points)] = (_floor(fraction * steps) if fraction != 1 else steps, scale)
+    schedule = piecewise_interpolate(kind, peak_value / div_factor)
+    schedule.boundaries = tuple(b for b, _ in points.values())
+    schedule.scales = tuple(s for _, s in points.values())
+    return schedule
+
+
+def _floor(x):
+    return jnp.floor(x) if isinstance(x, jax.core.Tracer) else float(np.floor(x))
+
+
+def cosine_onecycle_schedule(transition_steps, peak_value, pct_start=0.3, div_factor=25.0,
+                             final_div_factor=1e4) -> piecewise_interpolate:
+    """One cycle (Smith & Topin, 2017) with cosine pieces: from ``peak/div_factor`` up to
+    ``peak`` at ``pct_start`` of the steps, then down to ``peak/(div_factor·final_div_factor)``
+    (optax's ``cosine_onecycle_schedule``)."""
+    return _onecycle("cosine", transition_steps, peak_value, div_factor,
+                     [(pct_start, div_factor), (1, 1.0 / (div_factor * final_div_factor))])
+
+
+def linear_onecycle_schedule(transition_steps, peak_value, pct_start=0.3, pct_final=0.85, div_factor=25.0,
+                             final_div_factor=1e4) -> piecewise_interpolate:
+    """One cycle with linear pieces: up to ``peak`` at ``pct_start``, back to the start at
+    ``pct_final``, then down to ``peak/(div_factor·final_div_factor)`` (optax's
+    ``linear_onecycle_schedule``)."""
+    return _onecycle("linear", transition_steps, peak_value, div_factor,
+                     [(pct_start, div_factor), (pct_final, 1.0 / div_factor), (1, 1.0 / final_div_factor)])
