@@ -4,6 +4,7 @@ from jgd import contrib, prox, schedules
 from jgd.adaptive import adagrad, adam, adamw, rmsprop
 from jgd.evaluation import Eval
 from jgd.flat import flat
+from jgd.groups import freeze, masked, multi_transform, partition, selective_transform, set_to_zero
 from jgd.halving import halving
 from jgd.lift import lift
 from jgd.optax_zoo import (
@@ -41,6 +42,7 @@ from jgd.search import choice, loguniform, uniform
 from jgd.smooth import momentum, nesterov, sgd
 from jgd.sweep import SweepResult, sweep
 from jgd.wrappers import (
+    MultiSteps,
     accumulate,
     add_decayed_weights,
     apply_updates,
@@ -55,6 +57,13 @@ from jgd import optax_zoo  # noqa: E402 - the module, for its NAMES
 __version__ = "0.2.0"
 
 __all__ = [
+    "MultiSteps",
+    "freeze",
+    "masked",
+    "multi_transform",
+    "partition",
+    "selective_transform",
+    "set_to_zero",
     "contrib",
     "lift",
     *optax_zoo.NAMES,

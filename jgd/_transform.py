@@ -119,6 +119,8 @@ def as_hyperparameter(value):
         return Static(value)
     if isinstance(value, (tuple, list)) and not hasattr(value, "_fields"):
         return type(value)(as_hyperparameter(v) for v in value)
+    if type(value) is dict:  # e.g. partition's {label: optimizer}: jgd rules stay leaves beside optax closures
+        return {k: as_hyperparameter(v) for k, v in value.items()}
     leaves = jax.tree.leaves(value)
     if (len(leaves) == 1 and leaves[0] is value) or not all(_is_numeric_leaf(x) for x in leaves):
         return Static(value)
@@ -130,6 +132,8 @@ def unwrap(value):
         return value.value
     if isinstance(value, (tuple, list)) and not hasattr(value, "_fields"):
         return type(value)(unwrap(v) for v in value)
+    if type(value) is dict:
+        return {k: unwrap(v) for k, v in value.items()}
     return value
 
 
@@ -196,6 +200,10 @@ class Optimizer(optax.GradientTransformationExtraArgs):
     @property
     def hyperparams(self) -> Hyperparams:
         return self.init.args[1]
+
+    def gradient_transformation(self) -> Optimizer:
+        """The optimizer itself (code written for ``optax.MultiSteps`` calls this)."""
+        return self
 
 
 def _optimizer_flatten(opt: Optimizer):

@@ -33,6 +33,7 @@ __all__ = [
     "add_decayed_weights",
     "accumulate",
     "AccumulateState",
+    "MultiSteps",
     "skip_nonfinite",
     "SkipNonfiniteState",
 ]
@@ -190,18 +191,31 @@ def _keep_unless(flag, new_state, old_state):
 
 
 class AccumulateState(NamedTuple):
-    micro_step: jax.Array
-    gradient_sum: Any
-    inner: Any
+    """optax.MultiSteps' fields, with their meaning."""
+
+    mini_step: jax.Array  # micro-batches accumulated since the last inner step (0 .. every-1)
+    gradient_step: jax.Array  # inner steps taken so far
+    inner_opt_state: Any
+    acc_grads: Any  # the mean of this window's micro-batch gradients so far (their sum without use_grad_mean)
 
 
-def accumulate(opt, every: int) -> optax.GradientTransformationExtraArgs:
-    r"""Micro-batch gradient accumulation: sums ``every`` gradients and, on the last
+def accumulate(opt, every: int, *, use_grad_mean: bool = True, accumulator_dtype=None
+               ) -> optax.GradientTransformationExtraArgs:
+    r"""Micro-batch gradient accumulation: averages ``every`` gradients and, on the last
     one, steps ``opt`` with their mean; the other calls return zero updates.
 
     Averaging ``every`` micro-batch gradients then stepping equals one step on the whole
-    batch. There is no ``lax.cond`` over whole trees: the inner update is computed each
-    call and selected with ``jnp.where``, which XLA fuses.
+    batch. The state has ``optax.MultiSteps``' fields (``mini_step``, ``gradient_step``,
+    ``inner_opt_state``, ``acc_grads``) and the same running mean
+    :math:`a \leftarrow (g + n\,a)/(n + 1)` (``use_grad_mean=False``: the sum), so the numbers
+    are MultiSteps'. There is no ``lax.cond`` over whole trees: the inner update is computed
+    each call and selected with ``jnp.where``, which XLA fuses.
+
+    Args:
+      opt: the inner optimizer.
+      every: micro-batches per inner step (a Python int >= 1).
+      use_grad_mean: average (True, as optax) or sum the micro-batch gradients.
+      accumulator_dtype: ``acc_grads``' dtype (default: the params').
 
     Example::
 
@@ -210,34 +224,76 @@ def accumulate(opt, every: int) -> optax.GradientTransformationExtraArgs:
     _check_transform("opt", opt)
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ValueError(f"every must be an int >= 1, got {every!r}")
-    return transformation(_accumulate_init, _accumulate_update, opt=opt, every=Static(every))
+    if not isinstance(use_grad_mean, bool):
+        raise TypeError(f"use_grad_mean must be a bool, got {use_grad_mean!r}")
+    return transformation(_accumulate_init, _accumulate_update, opt=opt, every=Static(every),
+                          use_grad_mean=use_grad_mean, accumulator_dtype=Static(accumulator_dtype))
+
+
+def MultiSteps(opt, every_k_schedule, use_grad_mean: bool = True, should_skip_update_fn=None,
+               accumulator_dtype=None):  # noqa: N802 - optax's spelling
+    """``optax.MultiSteps`` as optax spells it: :func:`accumulate` with ``every =
+    every_k_schedule`` (a Python int; a schedule of k is not supported).
+
+    The result is already a gradient transformation (``.gradient_transformation()`` returns
+    it too); ``jgd.MultiSteps.has_updated(state)`` is optax's.
+
+    Example::
+
+      >>> opt = jgd.MultiSteps(jgd.adam(1e-3), every_k_schedule=4)
+      >>> opt.init(jnp.zeros(2)).mini_step
+      Array(0, dtype=int32)
+    """
+    if callable(every_k_schedule):
+        raise TypeError("jgd.MultiSteps takes every_k_schedule as a Python int; a schedule of k is not supported "
+                        "(use optax.MultiSteps for that)")
+    if should_skip_update_fn is not None:
+        raise TypeError("jgd.MultiSteps does not take should_skip_update_fn; wrap the inner optimizer in "
+                        "jgd.skip_nonfinite to skip non-finite steps")
+    return accumulate(opt, every_k_schedule, use_grad_mean=use_grad_mean, accumulator_dtype=accumulator_dtype)
+
+
+def _has_updated(state) -> jax.Array:
+    """Whether the last update stepped the inner optimizer (optax's ``MultiSteps.has_updated``)."""
+    return jnp.logical_and(state.mini_step == 0, state.gradient_step > 0)
+
+
+MultiSteps.has_updated = _has_updated  # type: ignore[attr-defined]
+
+
+def _running_mean(g, a, n):
+    dtype = wider(g.dtype, a.dtype)
+    count = n.astype(dtype)
+    return ((g.astype(dtype) + count * a.astype(dtype)) / (count + 1)).astype(a.dtype)
 
 
 def _accumulate_init(hp, params):
+    dtype = hp.accumulator_dtype
     return AccumulateState(
-        micro_step=jnp.zeros([], jnp.int32),
-        gradient_sum=jax.tree.map(jnp.zeros_like, params),
-        inner=hp.opt.init(params),
+        mini_step=jnp.zeros([], jnp.int32),
+        gradient_step=jnp.zeros([], jnp.int32),
+        inner_opt_state=hp.opt.init(params),
+        acc_grads=jax.tree.map(lambda p: jnp.zeros_like(p, dtype), params),
     )
 
 
 def _accumulate_update(hp, updates, state, params=None, **extra):
     opt = optax.with_extra_args_support(hp.opt)
     every = hp.every
-    check_same_structure("updates", updates, "the optimizer state's gradient sum", state.gradient_sum)
-    gradient_sum = jax.tree.map(lambda s, g: s + g.astype(s.dtype), state.gradient_sum, updates)
-    emit = state.micro_step == every - 1
-    mean = jax.tree.map(lambda s, g: (s / every).astype(g.dtype), gradient_sum, updates)
-    inner_updates, inner_state = opt.update(mean, state.inner, params, **extra)
-    updates = _zero_unless(emit, inner_updates)
-    inner_state = _keep_unless(emit, inner_state, state.inner)
-    gradient_sum = jax.tree.map(
-        lambda s: jnp.where(emit, jnp.zeros_like(s), s), gradient_sum
-    )
-    return updates, AccumulateState(
-        micro_step=jnp.where(emit, 0, state.micro_step + 1).astype(jnp.int32),
-        gradient_sum=gradient_sum,
-        inner=inner_state,
+    check_same_structure("updates", updates, "the optimizer state's acc_grads", state.acc_grads)
+    n = state.mini_step
+    if hp.use_grad_mean:  # optax's running mean, term by term
+        acc_grads = jax.tree.map(lambda g, a: _running_mean(g, a, n), updates, state.acc_grads)
+    else:
+        acc_grads = jax.tree.map(lambda g, a: (a + g).astype(a.dtype), updates, state.acc_grads)
+    emit = n == every - 1
+    inner_updates, inner_state = opt.update(
+        jax.tree.map(lambda a, g: a.astype(g.dtype), acc_grads, updates), state.inner_opt_state, params, **extra)
+    return _zero_unless(emit, inner_updates), AccumulateState(
+        mini_step=jnp.where(emit, 0, n + 1).astype(jnp.int32),
+        gradient_step=(state.gradient_step + emit.astype(jnp.int32)).astype(jnp.int32),
+        inner_opt_state=_keep_unless(emit, inner_state, state.inner_opt_state),
+        acc_grads=jax.tree.map(lambda a: jnp.where(emit, jnp.zeros_like(a), a), acc_grads),
     )
 
 
