@@ -1,12 +1,18 @@
 """jgd: gradient-descent variants for JAX as composable, sweepable init/update pairs."""
 
-from jgd import contrib, prox, schedules
+from jgd import (
+    contrib,
+    prox,
+    schedules,
+)
 from jgd.adaptive import adagrad, adam, adamw, rmsprop
 from jgd.evaluation import Eval
 from jgd.flat import flat
 from jgd.groups import freeze, masked, multi_transform, partition, selective_transform, set_to_zero
 from jgd.halving import halving
 from jgd.lift import lift
+from jgd.minimize import LoopState, Result, minimize
+from jgd.nonsmooth import subgradient
 from jgd.optax_zoo import (
     adabelief,
     adadelta,
@@ -35,8 +41,6 @@ from jgd.optax_zoo import (
     sm3,
     yogi,
 )
-from jgd.minimize import LoopState, Result, minimize
-from jgd.nonsmooth import subgradient
 from jgd.proximal import proximal_gradient
 from jgd.search import choice, loguniform, uniform
 from jgd.smooth import momentum, nesterov, sgd
@@ -52,8 +56,6 @@ from jgd.wrappers import (
     skip_nonfinite,
 )
 
-from jgd import optax_zoo  # noqa: E402 - the module, for its NAMES
-
 __version__ = "0.2.0"
 
 __all__ = [
@@ -66,7 +68,32 @@ __all__ = [
     "set_to_zero",
     "contrib",
     "lift",
-    *optax_zoo.NAMES,
+    "adabelief",
+    "adadelta",
+    "adafactor",
+    "adamax",
+    "adamaxw",
+    "adan",
+    "amsgrad",
+    "fromage",
+    "lamb",
+    "lars",
+    "lbfgs",
+    "lion",
+    "nadam",
+    "nadamw",
+    "noisy_sgd",
+    "novograd",
+    "optimistic_adam",
+    "optimistic_adam_v2",
+    "optimistic_gradient_descent",
+    "polyak_sgd",
+    "radam",
+    "rprop",
+    "sign_sgd",
+    "signum",
+    "sm3",
+    "yogi",
     "accumulate",
     "adagrad",
     "adam",

@@ -98,7 +98,7 @@ def static_key(value, _depth: int = 0):
 
 def _filled(cell) -> bool:
     try:
-        cell.cell_contents
+        _ = cell.cell_contents
     except ValueError:
         return False
     return True

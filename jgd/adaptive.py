@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jgd.lift import lift
 from jgd._transform import (
     Static,
     as_scalar,
@@ -39,6 +38,7 @@ from jgd._transform import (
     transformation,
     zero_count,
 )
+from jgd.lift import lift
 
 __all__ = [
     "adagrad",

@@ -15,8 +15,22 @@ from __future__ import annotations
 import optax.contrib
 
 from jgd.lift import lift
+from jgd.optax_zoo import alias_doc
 
-schedule_free_eval_params = optax.contrib.schedule_free_eval_params
+
+def schedule_free_eval_params(state, params):
+    """The point a schedule-free run is evaluated at, from its state and params
+    (``optax.contrib.schedule_free_eval_params``; the state is optax's own).
+
+    Examples:
+        >>> opt = jgd.contrib.schedule_free_sgd(0.1)
+        >>> params = {"w": jnp.ones(2)}
+        >>> updates, state = opt.update({"w": jnp.ones(2)}, opt.init(params), params)
+        >>> params = jgd.apply_updates(params, updates)
+        >>> evaluated = jgd.contrib.schedule_free_eval_params(state, params)
+    """
+    return optax.contrib.schedule_free_eval_params(state, params)
+
 
 ELEMENTWISE = frozenset({
     "acprop", "ademamix", "simplified_ademamix", "adopt", "madgrad", "schedule_free_adamw", "schedule_free_sgd",
@@ -35,15 +49,40 @@ STATIC = {"mechanize": ("num_betas",), "reduce_on_plateau": ("factor", "rtol", "
 __all__ = [*NAMES, "schedule_free_eval_params"]
 
 
+SUMMARIES = {
+    "acprop": "AdaBelief-style second moments of $g - m$ with the step computed from the current gradient (ACProp)",
+    "ademamix": "Adam with a mixture of a fast and a slow EMA of the gradient ($\\alpha$ weights the slow one)",
+    "simplified_ademamix": "AdEMAMix without the fast EMA's bias correction, as a momentum on Adam's direction",
+    "adopt": "Adam whose second moment is updated after the step (ADOPT), with clipping of the normalised gradient",
+    "cocob": "coin-betting step sizes, no learning rate to tune (COCOB-Backprop)",
+    "dadapt_adamw": "AdamW whose step size is estimated from the distance travelled (D-Adaptation)",
+    "dog": "step size = largest distance from the start / root of summed squared gradient norms (DoG)",
+    "dowg": "distance-over-weighted-gradients step sizes (DoWG)",
+    "madgrad": "momentumised dual averaging with cube-root adaptive steps (MADGRAD)",
+    "mechanize": "learns the scale of a base optimizer's updates online (Mechanic)",
+    "momo": "model-based momentum step: a Polyak-like step size from the loss and its lower bound (needs `value`)",
+    "momo_adam": "momo on Adam's preconditioned direction (needs `value`)",
+    "muon": "momentum orthogonalised by Newton-Schulz iterations for matrices, Adam for the other leaves",
+    "prodigy": "Adam whose step size is estimated online from the distance to the start (Prodigy)",
+    "schedule_free_adamw": "schedule-free AdamW: iterate averaging instead of a decay schedule",
+    "schedule_free_sgd": "schedule-free SGD with momentum: iterate averaging instead of a decay schedule",
+    "sophia": "clipped Newton-like steps with a Hutchinson estimate of the Hessian's diagonal (needs `obj_fn`)",
+    "sam": "sharpness-aware minimisation: an adversarial step, then the outer step at the perturbed point",
+    "reduce_on_plateau": "scales the updates down by `factor` when the loss stops improving (needs `value`)",
+}
+EXAMPLE_ARGUMENTS = {"mechanize": "jgd.sgd(0.1)", "sam": "jgd.sgd(0.1), jgd.sgd(0.05)", "reduce_on_plateau": ""}
+_VALUE = ", value=jnp.array(1.0)"
+EXAMPLE_EXTRA = {"momo": _VALUE, "momo_adam": _VALUE, "reduce_on_plateau": _VALUE,
+                 "sophia": ', obj_fn=lambda p: jnp.sum(p["w"] ** 2)'}
+
+
 def _alias(name: str):
     factory = getattr(optax.contrib, name)
     rule = lift(factory, static=STATIC.get(name, ()), elementwise=name in ELEMENTWISE, name=f"jgd.contrib.{name}")
     rule.__module__ = __name__
-    rule.__doc__ = (
-        f"``optax.contrib.{name}`` as a jgd rule: optax's signature, defaults and numbers, with every "
-        "numeric argument a pytree leaf.\n\n"
-        f"See optax's documentation of ``optax.contrib.{name}`` for the update rule and its arguments."
-    )
+    rule.__name__ = rule.__qualname__ = name
+    rule.__doc__ = alias_doc(f"optax.contrib.{name}", f"jgd.contrib.{name}", SUMMARIES[name],
+                             EXAMPLE_ARGUMENTS.get(name, "1e-3"), name in ELEMENTWISE, EXAMPLE_EXTRA.get(name, ""))
     return rule
 
 

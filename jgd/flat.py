@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import optax
 
 from jgd._transform import Static, transformation
+from jgd.lift import describe as _describe
+from jgd.lift import is_elementwise
 from jgd.wrappers import _check_transform
 
 __all__ = ["flat", "FlatState", "layout", "join", "split"]
@@ -39,7 +41,10 @@ def flat(opt, pack_below: int | None = None) -> optax.GradientTransformationExtr
     its own buffer and its sharding, as optax's rules do: packing it would all-gather it
     on every step.
 
-    Elementwise rules give identical numbers; rules with a global reduction (clipping
+    Rules whose update is not elementwise per leaf (lamb, lars, fromage, novograd,
+    adafactor, sm3, lbfgs, muon, parameter groups and lifted rules not declared
+    elementwise) are refused with a ``TypeError`` naming the rule. Elementwise rules give
+    identical numbers; rules with a global reduction (clipping
     by global norm, the subgradient method's length and Polyak steps) sum in another
     order, so they agree to rounding.
 
@@ -51,6 +56,12 @@ def flat(opt, pack_below: int | None = None) -> optax.GradientTransformationExtr
       {'float32': Array([0., 0., 0., 0., 0., 0., 0., 0.], dtype=float32)}
     """
     _check_transform("opt", opt)
+    if not is_elementwise(opt):
+        raise TypeError(
+            f"jgd.flat needs a rule whose update of each leaf depends on that leaf alone; {_describe(opt)} is "
+            "not elementwise (per-leaf norms, factored moments, matrix operations or a line search would be "
+            "computed per buffer instead of per leaf, silently changing the rule): use it without jgd.flat"
+        )
     if pack_below is not None and (
         isinstance(pack_below, bool) or not isinstance(pack_below, int) or pack_below < 0
     ):

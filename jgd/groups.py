@@ -28,6 +28,7 @@ __all__ = ["partition", "multi_transform", "masked", "freeze", "set_to_zero", "s
 def _wrapper(factory, name):
     rule = lift(factory, name=f"jgd.{name}")
     rule.__module__ = __name__
+    rule.__name__ = rule.__qualname__ = name
     rule.__doc__ = (
         f"``optax.{name}`` with jgd optimizers as leaves and labels/masks static (compared by value).\n\n"
         f"Same signature and numbers as ``optax.{name}``; see its documentation."

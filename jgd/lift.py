@@ -33,7 +33,7 @@ import optax
 
 from jgd._transform import Optimizer, Static, as_hyperparameter, transformation
 
-__all__ = ["lift", "is_elementwise"]
+__all__ = ["lift", "is_elementwise", "describe"]
 
 _TRACING_ERRORS = (
     jax.errors.ConcretizationTypeError,
@@ -127,6 +127,16 @@ def is_elementwise(opt) -> bool:
         if not init.args[0].elementwise:
             return False
     return all(is_elementwise(x) for x in _inner_optimizers(opt.hyperparams))
+
+
+def describe(opt) -> str:
+    """The lifted rules inside ``opt`` that are not elementwise, by name (for messages)."""
+    init = opt.init.args[0].value if isinstance(opt, Optimizer) else None
+    if isinstance(init, functools.partial) and init.func is _lifted_init and not init.args[0].elementwise:
+        return init.args[0].name
+    inner = [describe(x) for x in _inner_optimizers(opt.hyperparams)] if isinstance(opt, Optimizer) else []
+    inner = [d for d in inner if d]
+    return inner[0] if inner else ""
 
 
 def _inner_optimizers(hyperparams):

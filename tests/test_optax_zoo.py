@@ -239,3 +239,23 @@ def test_schedule_free_eval_params():
     for a, e in zip(jax.tree.leaves(jgd.contrib.schedule_free_eval_params(state, params)),
                     jax.tree.leaves(optax.contrib.schedule_free_eval_params(ref_state, params))):
         np.testing.assert_allclose(a, e, rtol=1e-6)
+
+
+@pytest.mark.parametrize("make,name", [
+    (lambda: jgd.lamb(1e-3), "jgd.lamb"), (lambda: jgd.contrib.muon(1e-3), "jgd.contrib.muon"),
+    (lambda: jgd.chain(jgd.clip(1.0), jgd.sm3(1e-3)), "jgd.sm3"),
+    (lambda: jgd.masked(jgd.adam(1e-3), lambda p: p), "jgd.masked"),
+])
+def test_flat_refuses_rules_that_are_not_elementwise(make, name):
+    with pytest.raises(TypeError, match=f"{name} is not elementwise"):
+        jgd.flat(make())
+
+
+def test_flat_takes_elementwise_lifted_rules():
+    """jgd.flat(jgd.lion) = jgd.lion leaf by leaf (lion is elementwise)."""
+    params = mixed_tree()
+    with oracle():
+        expected = _run(optax.lion(1e-2), params, steps=5)
+    actual = _run(jgd.flat(jgd.lion(1e-2)), params, steps=5)
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=1e-6, atol=1e-7)
