@@ -459,6 +459,42 @@ def _value_and_grad(config, params, model_state, batch, key):
     )
 
 
+def _line_search_memory(opt_state):
+    """The ``(value, grad)`` an optax line search (``scale_by_zoom_linesearch``,
+    ``scale_by_backtracking_linesearch``, so ``optax.lbfgs``) stored in the state at the
+    point it accepted, or None when the state holds no such pair."""
+    values = optax.tree.get_all_with_path(opt_state, "value")
+    grads = optax.tree.get_all_with_path(opt_state, "grad")
+    if len(values) != 1 or len(grads) != 1:
+        return None
+    return values[0][1], grads[0][1]
+
+
+def _value_and_grad_reusing(config, c, batch, key, loss_dtype):
+    """:func:`_value_and_grad` at the step's params, except that a line search's stored
+    value and gradient at this very point are reused instead of computed again (optax's
+    ``value_and_grad_from_state``): on the full batch with no key, model state or aux, the
+    point the search accepted is the next step's params and the objective is the same."""
+    memory = _line_search_memory(c.opt_state)
+    reusable = (config.batch_size is None and config.microbatches == 1 and not config.with_key
+                and not config.has_model_state and not config.has_aux)
+    if memory is None or not reusable:
+        return _value_and_grad(config, c.params, c.model_state, batch, key)
+    value, grad = memory
+
+    def stored(params):
+        return jnp.asarray(value).astype(loss_dtype), jax.tree.map(lambda g, p: jnp.asarray(g).astype(p.dtype),
+                                                                  grad, params)
+
+    def fresh(params):
+        loss, _, _, grads = _value_and_grad(config, params, c.model_state, batch, key)
+        return loss, grads
+
+    known = jnp.isfinite(jnp.asarray(value))  # inf before the first search
+    loss, grads = jax.lax.cond(known, stored, fresh, c.params)
+    return loss, c.model_state, None, grads
+
+
 def _prox_residual(opt_state):
     """The prox-gradient residual of the one proximal rule in ``opt_state`` (None if
     there is none, or several)."""
@@ -554,7 +590,7 @@ def _loop(config, opt, params, model_state, state, key, data, eval_data, tol):
     def one_step(c, segment_end, index, key):
         active = (c.t < segment_end) & ~c.converged & ~c.diverged
         batch = data if index is None else _sampling.gather(data, index)
-        loss, new_model_state, aux, grads = _value_and_grad(config, c.params, c.model_state, batch, key)
+        loss, new_model_state, aux, grads = _value_and_grad_reusing(config, c, batch, key, loss_dtype)
         # optax's extra-args convention: line searches evaluate the step's batch at trial points
         value_fn = lambda p: _call(config, p, c.model_state, batch, key)[0]  # noqa: E731
         updates, opt_state = opt.update(grads, c.opt_state, c.params, value=loss, grad=grads, value_fn=value_fn)

@@ -259,3 +259,49 @@ def test_flat_takes_elementwise_lifted_rules():
     actual = _run(jgd.flat(jgd.lion(1e-2)), params, steps=5)
     for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=1e-6, atol=1e-7)
+
+
+def _rosenbrock_counted(counter):
+    def fun(params):
+        jax.debug.callback(lambda: counter.append(1))
+        x, y = params["x"], params["y"]
+        return jnp.sum(100.0 * (y - x**2) ** 2 + (1.0 - x) ** 2)
+    return fun
+
+
+@pytest.mark.parametrize("name", ["lbfgs", "lbfgs_backtracking"])
+def test_minimize_reuses_the_line_search_value_and_gradient(name):
+    """minimize(lbfgs) = optax's documented L-BFGS loop (value_and_grad_from_state), step by
+    step, with the same number of objective evaluations (none repeated at the accepted point)."""
+    def make(ns):
+        if name == "lbfgs":
+            return ns.lbfgs()
+        return ns.lbfgs(linesearch=optax.scale_by_backtracking_linesearch(max_backtracking_steps=15, store_grad=True))
+
+    params = {"x": jnp.array([-1.2, 0.5]), "y": jnp.array([1.0, 0.3])}
+    ours_count, theirs_count = [], []
+    steps = 15
+    result = jgd.minimize(_rosenbrock_counted(ours_count), params, make(jgd), steps=steps)
+    jax.effects_barrier()
+
+    fun = _rosenbrock_counted(theirs_count)
+    opt = make(optax)
+    value_and_grad = optax.value_and_grad_from_state(fun)
+
+    @jax.jit
+    def step(params, state):
+        value, grad = value_and_grad(params, state=state)
+        updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=fun)
+        return optax.apply_updates(params, updates), state, value
+
+    with oracle():
+        p, state = params, opt.init(params)
+        losses = []
+        for _ in range(steps):
+            p, state, value = step(p, state)
+            losses.append(float(value))
+        jax.effects_barrier()
+    np.testing.assert_allclose(np.asarray(result.losses), np.asarray(losses), rtol=1e-5)
+    for a, e in zip(jax.tree.leaves(result.params), jax.tree.leaves(p)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=1e-5, atol=1e-6)
+    assert len(ours_count) == len(theirs_count)
