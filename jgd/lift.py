@@ -101,12 +101,18 @@ def lift(factory: Callable, *, static: Iterable[str] = (), elementwise: bool = F
             bound = signature.bind(*args, **kwargs)
         except TypeError as error:
             raise TypeError(f"{spec.name}: {error}") from None
+        given = set(bound.arguments)
         bound.apply_defaults()
         arguments = dict(bound.arguments)
         if var_keyword is not None:
             arguments.update(arguments.pop(var_keyword))
-        hyperparams = {k: Static(v) if k in static or _static_by_default(v) else as_hyperparameter(v)
-                       for k, v in arguments.items()}
+        hyperparams = {}
+        for k, v in arguments.items():
+            held = Static(v) if k in static or _static_by_default(v) else as_hyperparameter(v)
+            if k in given or jax.tree.leaves(held):
+                # numeric defaults are leaves too (sweepable, differentiable); static defaults are
+                # left to the factory, so an unpicklable default (a lambda, a closure) is never held
+                hyperparams[k] = held
         return transformation(functools.partial(_lifted_init, spec), functools.partial(_lifted_update, spec),
                               **hyperparams)
 
