@@ -2,6 +2,7 @@
 
 from jgd import (
     contrib,
+    debug,
     prox,
     schedules,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "selective_transform",
     "set_to_zero",
     "contrib",
+    "debug",
     "lift",
     "adabelief",
     "adadelta",

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jgd._transform import SPLIT_HINT
+
 
 def _leading_size(name, data):
     leaves = jax.tree.leaves(data)
@@ -41,12 +43,7 @@ def _check_bool(name, value):
         raise TypeError(f"{name} must be a bool, got {value!r}")
 
 
-_SPLIT_HINT = (
-    "; keep only arrays in the params: split a model first, e.g. "
-    "params, static = eqx.partition(model, eqx.is_inexact_array) (equinox) or "
-    "graphdef, params, rest = nnx.split(model, nnx.Param, ...) (flax.nnx), and pass "
-    "non-trainable arrays as model_state"
-)
+_SPLIT_HINT = SPLIT_HINT
 
 
 def _check_params(params):

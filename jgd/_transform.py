@@ -267,6 +267,14 @@ def _update(update_fn, hp, updates, state, params=None, **extra):
         raise
 
 
+SPLIT_HINT = (
+    "; keep only arrays in the params: split a model first, e.g. "
+    "params, static = eqx.partition(model, eqx.is_inexact_array) (equinox) or "
+    "graphdef, params, rest = nnx.split(model, nnx.Param, ...) (flax.nnx), and pass "
+    "non-trainable arrays as model_state"
+)
+
+
 def check_array_leaves(name: str, tree):
     """Raises TypeError naming the leaf when a leaf of ``tree`` is not a number or an
     array (a string, an object, None inside a list...)."""
@@ -274,7 +282,7 @@ def check_array_leaves(name: str, tree):
         if isinstance(leaf, jax.core.Tracer) or _is_numeric_leaf(leaf):
             continue
         raise TypeError(
-            f"{name}{jax.tree_util.keystr(path)} must be an array or a number, got {leaf!r}"
+            f"{name}{jax.tree_util.keystr(path)} must be an array or a number, got {leaf!r}{SPLIT_HINT}"
         )
 
 

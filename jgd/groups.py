@@ -25,13 +25,33 @@ from jgd.lift import lift
 __all__ = ["partition", "multi_transform", "masked", "freeze", "set_to_zero", "selective_transform"]
 
 
+_PARAMS = 'params = {"w": jnp.ones((2, 2)), "b": jnp.zeros(2)}'
+EXAMPLES = {
+    "partition": 'opt = jgd.partition({"a": jgd.adam(1e-3), "b": jgd.sgd(0.1)}, {"w": "a", "b": "b"})',
+    "masked": 'opt = jgd.masked(jgd.adam(1e-3), {"w": True, "b": False})',
+    "freeze": 'opt = jgd.chain(jgd.freeze({"w": False, "b": True}), jgd.sgd(0.1))',
+    "set_to_zero": "opt = jgd.set_to_zero()",
+    "selective_transform": 'opt = jgd.selective_transform(jgd.adam(1e-3), freeze_mask={"w": False, "b": True})',
+}
+WHAT = {
+    "partition": "Applies a different optimizer to each group of leaves, by label",
+    "masked": "Applies `inner` to the leaves where `mask` is True and passes the others through unchanged",
+    "freeze": "Zeroes the updates of the leaves where `mask` is True (chain it before a rule)",
+    "set_to_zero": "Zero updates for every leaf (a frozen group inside `partition`)",
+    "selective_transform": "Applies `optimizer` to the leaves not frozen by `freeze_mask`, zero updates elsewhere",
+}
+
+
 def _wrapper(factory, name):
     rule = lift(factory, name=f"jgd.{name}")
     rule.__module__ = __name__
     rule.__name__ = rule.__qualname__ = name
     rule.__doc__ = (
-        f"``optax.{name}`` with jgd optimizers as leaves and labels/masks static (compared by value).\n\n"
-        f"Same signature and numbers as ``optax.{name}``; see its documentation."
+        f"{WHAT[name]} (`optax.{name}`).\n\n"
+        f"Same signature and numbers as `optax.{name}`; inner jgd optimizers are leaves (their numbers "
+        "traced), labels and masks static and compared by value.\n\n"
+        f"Examples:\n    >>> {_PARAMS}\n    >>> {EXAMPLES[name]}\n"
+        "    >>> updates, state = opt.update(params, opt.init(params), params)\n"
     )
     return rule
 

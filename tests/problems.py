@@ -262,8 +262,16 @@ FACTORIES = {
     "flat": (lambda lr: jgd.flat(jgd.adam(lr)), "leaf"),
     "flat_adamw": (lambda lr: jgd.flat(jgd.adamw(lr)), "leaf"),
     "flat_own_buffers": (lambda lr: jgd.flat(jgd.rmsprop(lr), pack_below=8), "leaf"),
+    # lifted optax rules: one representative here; every alias is checked against optax itself
+    # in test_optax_zoo.py, the parameter groups in test_groups.py
+    "lion": (jgd.lion, "leaf"),
+    "MultiSteps": (lambda lr: jgd.MultiSteps(jgd.sgd(lr), 2), "leaf"),
 }
 
 # Public callables that are not optimizer factories (the completeness test skips them).
 NOT_FACTORIES = {"apply_updates", "minimize", "sweep", "LoopState", "Result", "SweepResult", "prox", "Eval",
-                 "halving", "choice", "loguniform", "uniform", "schedules"}
+                 "halving", "choice", "loguniform", "uniform", "schedules", "lift", "debug", "contrib"}
+# Factories tested against optax in their own files (test_optax_zoo.py, test_groups.py)
+# rather than through the property table, whose hypothesis runs would multiply by 35.
+TESTED_AGAINST_OPTAX = set(jgd.optax_zoo.NAMES) | {"partition", "multi_transform", "masked", "freeze",
+                                                   "set_to_zero", "selective_transform"}
