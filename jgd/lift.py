@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -113,6 +114,11 @@ def lift(factory: Callable, *, static: Iterable[str] = (), elementwise: bool = F
                 # numeric defaults are leaves too (sweepable, differentiable); static defaults are
                 # left to the factory, so an unpicklable default (a lambda, a closure) is never held
                 hyperparams[k] = held
+        if not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(arguments)):
+            # Build optax's transform once now, so its argument checks and warnings come at
+            # construction, where optax gives them, not at the first init or update.
+            with jax.numpy_dtype_promotion("standard"):
+                factory(**{k: v for k, v in arguments.items() if k in hyperparams})
         return transformation(functools.partial(_lifted_init, spec), functools.partial(_lifted_update, spec),
                               **hyperparams)
 
@@ -163,7 +169,11 @@ def _static_by_default(value) -> bool:
 
 
 def _build(spec: _Lifted, hp):
-    return optax.with_extra_args_support(spec.factory(**dict(hp.items())))
+    # The factory warned (deprecations) when the rule was constructed; init and update
+    # rebuild it on every trace and would repeat that warning each time.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return optax.with_extra_args_support(spec.factory(**dict(hp.items())))
 
 
 def _lifted_init(spec: _Lifted, hp, params):
@@ -172,10 +182,23 @@ def _lifted_init(spec: _Lifted, hp, params):
 
 def _lifted_update(spec: _Lifted, hp, updates, state, params=None, **extra):
     def run(h):
-        update = _build(spec, h).update
-        return update(updates, state, params, **_accepted(update, extra))
+        transform = _build(spec, h)
+        _check_state(spec, transform, updates, state)
+        return transform.update(updates, state, params, **_accepted(transform.update, extra))
 
     return _explained(spec, hp, run)
+
+
+def _check_state(spec: _Lifted, transform, updates, state):
+    """A ValueError naming both structures when ``state`` is not what ``init`` makes for
+    params shaped like ``updates`` (optax would fail deep inside a tree map)."""
+    expected = jax.tree.structure(jax.eval_shape(transform.init, updates))
+    actual = jax.tree.structure(state)
+    if expected != actual:
+        raise ValueError(
+            f"{spec.name}: the optimizer state does not match these updates (was the state made by this "
+            f"optimizer's init for params shaped like them?)\n  state: {actual}\n  expected: {expected}"
+        )
 
 
 def _accepted(update, extra):
