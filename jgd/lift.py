@@ -194,7 +194,7 @@ def _check_state(spec: _Lifted, transform, updates, state):
     params shaped like ``updates`` (optax would fail deep inside a tree map)."""
     expected = jax.tree.structure(jax.eval_shape(transform.init, updates))
     actual = jax.tree.structure(state)
-    if expected != actual:
+    if expected != actual:  # type: ignore[operator]
         raise ValueError(
             f"{spec.name}: the optimizer state does not match these updates (was the state made by this "
             f"optimizer's init for params shaped like them?)\n  state: {actual}\n  expected: {expected}"
