@@ -77,7 +77,9 @@ def update_runner(opt, params, *, steps_per_call: int = 1):
     (benchmarks interleave several runners this way)."""
     grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), params)
     params = jax.tree.map(jnp.array, params)  # our own copy: the caller's is never donated
-    state = opt.init(params)
+    # a buffer of its own for every state leaf: a rule whose state holds the params
+    # themselves (prodigy's initial point) would otherwise be donated twice
+    state = jax.tree.map(jnp.copy, opt.init(params))
 
     def _step(params, state, grads):
         def body(_, carry):
