@@ -99,6 +99,16 @@ def _count_field(name, value, lower=None, lower_open=False):
     return float(value) if isinstance(value, (int, np.integer)) and not isinstance(value, bool) else value
 
 
+def _remaining(schedule, count):
+    """Whether a linear or polynomial ramp is on (``transition_steps > 0``) and the fraction
+    of it still to go at ``count``, ``1 − clip(t − B, 0, T)/T`` (``B`` floored at 0), as optax."""
+    steps = schedule._value(schedule.transition_steps)
+    begin = jnp.maximum(schedule._value(schedule.transition_begin), 0)
+    safe = jnp.where(steps > 0, steps, 1)
+    t = jnp.clip(schedule._count(count) - begin, 0, safe)
+    return steps > 0, 1 - t / safe
+
+
 def _steps(name, value):
     return _count_field(name, value, lower=0.0)
 
@@ -128,11 +138,9 @@ class linear(Schedule):
         self.transition_begin = _steps("transition_begin", transition_begin)
 
     def __call__(self, count):
-        steps, begin = self._value(self.transition_steps), jnp.maximum(self._value(self.transition_begin), 0)
-        safe = jnp.where(steps > 0, steps, 1)
-        t = jnp.clip(self._count(count) - begin, 0, safe)
+        ramping, remaining = _remaining(self, count)
         init, end = self._value(self.init_value), self._value(self.end_value)
-        return jnp.where(steps > 0, (init - end) * (1 - t / safe) + end, init)
+        return jnp.where(ramping, (init - end) * remaining + end, init)
 
 
 class cosine_decay(Schedule):
@@ -275,11 +283,9 @@ class polynomial(Schedule):
         self.transition_begin = _count_field("transition_begin", transition_begin)
 
     def __call__(self, count):
-        steps, begin = self._value(self.transition_steps), jnp.maximum(self._value(self.transition_begin), 0)
-        safe = jnp.where(steps > 0, steps, 1)
-        t = jnp.clip(self._count(count) - begin, 0, safe)
+        ramping, remaining = _remaining(self, count)
         init, end = self._value(self.init_value), self._value(self.end_value)
-        return jnp.where(steps > 0, (init - end) * (1 - t / safe) ** self._value(self.power) + end, init)
+        return jnp.where(ramping, (init - end) * remaining ** self._value(self.power) + end, init)
 
 
 class piecewise_interpolate(Schedule):
