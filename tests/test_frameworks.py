@@ -81,9 +81,9 @@ def test_flax_train_state_compiles_once_for_three_learning_rates(transform):
                 apply_fn=MODEL.apply, params=PARAMS, tx=optax.adam(lr)))
         assert_trees_close(ours, theirs, rtol=1e-4, atol=1e-5)  # traced: float32 1 - b2
         traces_per_lr.append(counter.count)
-    # pmap and shard_map trace twice for the first learning rate (a fresh state and the stepped
-    # one they return are not the same kind of input to them: same dtypes and weak types, other
-    # placement); no new learning rate traces again
+    # pmap and shard_map trace twice for the first learning rate (the fresh state and the one
+    # they return have the same dtypes and weak types; the cause of the second trace is not
+    # known yet); no new learning rate traces again
     assert traces_per_lr == [traces_per_lr[0]] * 3 and traces_per_lr[0] <= (1 if transform == "jit" else 2)
 
 
