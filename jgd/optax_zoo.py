@@ -43,7 +43,7 @@ SUMMARIES = {
     "adabelief": "Adam with the second moment of $g - m$ (the gradient's deviation from its EMA)",
     "adadelta": "step $\\sqrt{\\Delta_{t-1}+\\epsilon}/\\sqrt{v_t+\\epsilon}\\, g$ with EMAs of squared steps and gradients",
     "adafactor": "factored second moments (row and column EMAs) with relative step sizes and update clipping",
-    "adamax": "Adam with the infinity norm: $u = -\\eta\\, \\hat m / (\\max(\\beta_2 u_{t-1}, |g|) + \\epsilon)$",
+    "adamax": "Adam with the infinity norm: $u = -\\eta\\, \\hat m / (\\max(\\beta_2 u_{t-1}, \\lvert g\\rvert) + \\epsilon)$",
     "adamaxw": "adamax with decoupled weight decay",
     "adan": "Nesterov-accelerated adaptive moments of $g$, $g_t - g_{t-1}$ and the combined gradient",
     "amsgrad": "Adam with $\\hat v_t = \\max(\\hat v_{t-1}, v_t)$ (non-increasing step sizes)",

@@ -28,3 +28,14 @@ def test_every_guide_is_in_the_navigation():
     nav = (ROOT / "mkdocs.yml").read_text()
     for page in (ROOT / "docs").rglob("*.md"):
         assert str(page.relative_to(ROOT / "docs")) in nav, f"{page} is not in mkdocs.yml's nav"
+
+
+def test_the_every_rule_page_lists_every_rule_with_its_summary():
+    """docs/reference/all-rules.md is written from optax_zoo/contrib's SUMMARIES: every rule is
+    a row, with its summary, and no summary breaks the table with a bare |."""
+    page = (ROOT / "docs" / "reference" / "all-rules.md").read_text()
+    for module, prefix in ((jgd.optax_zoo, "jgd."), (jgd.contrib, "jgd.contrib.")):
+        for name in module.NAMES:
+            assert f"[`{prefix}{name}`]" in page, f"{prefix}{name} has no row in all-rules.md"
+            assert module.SUMMARIES[name] in page, f"{prefix}{name}'s row does not hold its summary"
+            assert "|" not in module.SUMMARIES[name].replace("\\|", ""), f"{prefix}{name}: a bare | breaks the table"
