@@ -106,7 +106,9 @@ def lift(factory: Callable, *, static: Iterable[str] = (), elementwise: bool = F
         bound.apply_defaults()
         arguments = dict(bound.arguments)
         if var_keyword is not None:
-            arguments.update(arguments.pop(var_keyword))
+            extra = arguments.pop(var_keyword)
+            arguments.update(extra)
+            given |= set(extra)
         hyperparams = {}
         for k, v in arguments.items():
             held = Static(v) if k in static or _static_by_default(v) else as_hyperparameter(v)

@@ -350,3 +350,16 @@ def test_finite_grad_with_respect_to_the_optimizer_and_pickle(kind, name):
     again = pickle.loads(pickle.dumps(ours))
     for a, e in zip(jax.tree.leaves(_run(again, params, steps=2)), jax.tree.leaves(_run(ours, params, steps=2))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(e))
+
+
+def keyword_factory(learning_rate, **options):
+    """A factory taking its options as **kwargs (a static string and a number among them)."""
+    rule = optax.sgd(learning_rate) if options["kind"] == "sgd" else optax.sign_sgd(learning_rate)
+    return optax.chain(rule, optax.scale(options["scale"]))
+
+
+def test_lift_takes_a_factory_with_var_keywords():
+    opt = jgd.lift(keyword_factory)(0.1, kind="sgd", scale=2.0)
+    assert sorted(k for k, _ in opt.hyperparams.items()) == ["kind", "learning_rate", "scale"]
+    updates, _ = jax.jit(lambda o, g, s: o.update(g, s))(opt, jnp.ones(2), opt.init(jnp.zeros(2)))
+    np.testing.assert_allclose(updates, -0.2 * np.ones(2), rtol=1e-6)
