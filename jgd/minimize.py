@@ -34,7 +34,6 @@ from jgd._arguments import (
 from jgd._transform import Static, as_hyperparameter, global_norm, unwrap
 from jgd.evaluation import Best, Eval, EvalConfig
 from jgd.flat import FlatState, join, layout, split
-from jgd.proximal import ProximalGradientState
 from jgd.wrappers import apply_updates
 
 __all__ = ["minimize", "Result", "LoopState"]
@@ -74,9 +73,10 @@ class Result(NamedTuple):
     ``num_steps`` counts the recorded entries, the step that met ``tol`` or turned
     non-finite included (no update is applied at that step). ``best_params`` are the
     params with the lowest recorded loss (or, with ``Eval(monitor=...)``, the best value of
-    that metric), ``best_loss`` that value and ``best_step`` the number of steps taken to
-    reach them. ``evals`` maps each metric to its values at ``eval_steps`` (NaN past the
-    stop). ``state`` and ``key`` continue the run: ``minimize(fun, r.params, opt,
+    that metric; for a rule that reports a non-smooth term g, such as
+    ``proximal_gradient`` with a ``jgd.prox`` operator, the lowest f + g), ``best_loss`` that
+    value and ``best_step`` the number of steps taken to reach them. ``evals`` maps each
+    metric to its values at ``eval_steps`` (NaN past the stop). ``state`` and ``key`` continue the run: ``minimize(fun, r.params, opt,
     init_state=r.state, key=r.key, ...)``. ``aux`` is the auxiliary output of the last
     recorded step (``has_aux=True``), or of every step with ``record_aux=True``.
 
@@ -495,12 +495,14 @@ def _value_and_grad_reusing(config, c, batch, key, loss_dtype):
     return loss, c.model_state, None, grads
 
 
-def _prox_residual(opt_state):
-    """The prox-gradient residual of the one proximal rule in ``opt_state`` (None if
-    there is none, or several)."""
-    found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, ProximalGradientState))
-             if isinstance(s, ProximalGradientState)]
-    return found[0].residual if len(found) == 1 else None
+def _reported(opt_state, field: str):
+    """What the rule reports to the loop in its state's ``field`` (the protocol:
+    ``residual``, its own stationarity measure, which ``tol`` tests instead of the
+    gradient's norm; ``objective_term``, the non-smooth g at the current params, so the best
+    iterate is by f + g): the one such field's value, or None when there is none, several,
+    or it holds None (``jgd.proximal_gradient`` reports both)."""
+    found = [v for _, v in optax.tree.get_all_with_path(opt_state, field)]
+    return found[0] if len(found) == 1 and found[0] is not None else None
 
 
 def _select(flag, new, old):
@@ -594,7 +596,7 @@ def _loop(config, opt, params, model_state, state, key, data, eval_data, tol):
         # optax's extra-args convention: line searches evaluate the step's batch at trial points
         value_fn = lambda p: _call(config, p, c.model_state, batch, key)[0]  # noqa: E731
         updates, opt_state = opt.update(grads, c.opt_state, c.params, value=loss, grad=grads, value_fn=value_fn)
-        residual = _prox_residual(opt_state)
+        residual = _reported(opt_state, "residual")
         # a proximal rule stops on its prox-gradient residual (the gradient of the smooth
         # part does not vanish at a non-smooth optimum)
         norm = global_norm(grads) if residual is None else residual
@@ -602,8 +604,10 @@ def _loop(config, opt, params, model_state, state, key, data, eval_data, tol):
         converged = active & ~diverged & (norm <= tol.astype(norm.dtype))
         best = c.best
         if not monitored:  # the best iterate by training loss
-            better = active & (loss < best.value)
-            best = _select(better, Best(c.params, c.model_state, loss, c.t, best.waiting), best)
+            term = _reported(c.opt_state, "objective_term")  # g at c.params, for a composite f + g
+            objective = loss if term is None else loss + term.astype(loss.dtype)
+            better = active & (objective < best.value)
+            best = _select(better, Best(c.params, c.model_state, objective, c.t, best.waiting), best)
         # No update on the step that stops: the reported params are the ones that met tol.
         advance = active & ~converged & ~diverged
         params = _select(advance, apply_updates(c.params, updates), c.params)

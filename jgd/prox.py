@@ -16,14 +16,16 @@ Example::
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jgd._transform import check_scalar
+from jgd._transform import check_scalar, global_norm, scalar_dtype
 
-__all__ = ["l1", "l2", "nonnegative", "box", "l2_ball"]
+__all__ = ["l1", "l2", "nonnegative", "box", "l2_ball", "objective"]
 
 
 def _cast(value, like):
@@ -121,3 +123,66 @@ def l2_ball(radius):
 def _l2_ball(radius, x, step):
     del step
     return optax.projections.projection_l2_ball(x, radius)
+
+
+# --------------------------------------------------------------------------- g itself
+
+
+def objective(prox, x):
+    """The non-smooth term ``g(x)`` whose prox ``prox`` is, when ``prox`` is one of this
+    module's operators (``l1``: λ‖x‖₁, ``l2``: (λ/2)‖x‖², the projections: 0 inside the set
+    and ``inf`` outside); ``None`` for any other function (then the loop knows only f).
+
+    Example::
+
+      >>> float(jgd.prox.objective(jgd.prox.l1(0.5), jnp.array([1.0, -2.0])))
+      1.5
+      >>> jgd.prox.objective(lambda x, step: x, jnp.zeros(2)) is None
+      True
+    """
+    if isinstance(prox, jax.tree_util.Partial) and prox.func in _OBJECTIVES:
+        return _OBJECTIVES[prox.func](*prox.args, x)
+    return None
+
+
+def _total(terms):
+    dtype = scalar_dtype()
+    return sum((jnp.sum(t).astype(dtype) for t in jax.tree.leaves(terms)), jnp.zeros((), dtype))
+
+
+def _indicator(inside):
+    dtype = scalar_dtype()
+    return jnp.where(inside, jnp.zeros((), dtype), jnp.full((), jnp.inf, dtype))
+
+
+def _all(flags):
+    return functools.reduce(jnp.logical_and, [jnp.all(f) for f in jax.tree.leaves(flags)], jnp.ones((), bool))
+
+
+def _l1_value(strength, x):
+    return _total(jax.tree.map(lambda v, s: _cast(s, v) * jnp.abs(v), x, _per_leaf("strength", strength, x)))
+
+
+def _l2_value(strength, x):
+    return _total(jax.tree.map(lambda v, s: 0.5 * _cast(s, v) * jnp.square(v), x, _per_leaf("strength", strength, x)))
+
+
+def _nonnegative_value(x):
+    return _indicator(_all(jax.tree.map(lambda v: v >= 0, x)))
+
+
+def _box_value(lower, upper, x):
+    inside = jax.tree.map(lambda v, lo, hi: (v >= _cast(lo, v)) & (v <= _cast(hi, v)), x,
+                          _per_leaf("lower", lower, x), _per_leaf("upper", upper, x))
+    return _indicator(_all(inside))
+
+
+def _l2_ball_value(radius, x):
+    norm = global_norm(x)
+    # the projection's output may overshoot the radius by rounding
+    slack = 1 + 16 * jnp.finfo(norm.dtype).eps
+    return _indicator(norm <= jnp.asarray(radius, norm.dtype) * slack)
+
+
+_OBJECTIVES = {_soft_threshold: _l1_value, _shrink: _l2_value, _nonnegative: _nonnegative_value, _box: _box_value,
+               _l2_ball: _l2_ball_value}

@@ -19,6 +19,7 @@ from jgd._transform import (
     transformation,
     zero_count,
 )
+from jgd.prox import objective
 
 __all__ = ["proximal_gradient", "ProximalGradientState"]
 
@@ -35,6 +36,8 @@ class ProximalGradientState(NamedTuple):
     momentum: jax.Array  # Beck–Teboulle's t_k
     step: jax.Array  # the step size η_k last used
     residual: jax.Array  # ‖y − prox(y − η∇f(y), η)‖ / η at the last y
+    # g at the params the next step sees, when the prox knows its g (jgd.prox's do), else None
+    objective_term: Any = None
 
 
 def _identity(x, step):
@@ -106,13 +109,13 @@ def proximal_gradient(learning_rate=None, prox=None, accelerated: bool = False) 
 
 
 def _proximal_init(hp, params):
-    del hp
     # A copy, so that donating both params and state in a jitted step never donates
     # one buffer twice.
     iterate = jax.tree.map(jnp.copy, params)
     dtype = scalar_dtype()
     return ProximalGradientState(count=zero_count(), iterate=iterate, momentum=jnp.ones([], jnp.float32),
-                                 step=jnp.ones([], dtype), residual=jnp.full([], jnp.inf, dtype))
+                                 step=jnp.ones([], dtype), residual=jnp.full([], jnp.inf, dtype),
+                                 objective_term=objective(hp.prox, params))
 
 
 def _prox_step(hp, y, g, eta):
@@ -170,4 +173,5 @@ def _proximal_update(hp, updates, state, params=None, *, value=None, value_fn=No
         t_next, y_next = state.momentum, x
     updates = jax.tree.map(lambda n, p, g: (n - p).astype(g.dtype), y_next, params, updates)
     return updates, ProximalGradientState(count=increment(state.count), iterate=x, momentum=t_next,
-                                          step=lr.astype(dtype), residual=residual)
+                                          step=lr.astype(dtype), residual=residual,
+                                          objective_term=objective(hp.prox, y_next))

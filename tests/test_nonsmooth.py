@@ -305,3 +305,30 @@ def test_backtracking_needs_value_and_value_fn():
     x = jnp.ones(3)
     with pytest.raises(ValueError, match="value=f\\(params\\), value_fn=f"):
         opt.update(x, opt.init(x), x)
+
+
+@pytest.mark.parametrize("accelerated", [False, True])
+def test_lasso_best_params_are_the_lassos(accelerated):
+    """A proximal rule reports g to the loop, so minimize's best iterate is by the composite
+    objective f + g: best_params = sklearn's Lasso solution (and the final iterate), and
+    best_loss = f(best) + g(best). Tracked by f alone it would be an early, less sparse point."""
+    X, y, w_sk, _, L, _ = lasso_problem(alpha=0.05)
+    loss = _lasso_smooth(jnp.asarray(X, jnp.float32), jnp.asarray(y, jnp.float32))
+    opt = jgd.proximal_gradient(1.0 / L, prox=jgd.prox.l1(0.05), accelerated=accelerated)
+    r = jgd.minimize(loss, jnp.zeros(X.shape[1], jnp.float32), opt, steps=3000)
+    np.testing.assert_allclose(np.asarray(r.best_params), w_sk, atol=1e-3)
+    np.testing.assert_allclose(np.asarray(r.best_params), np.asarray(r.state.opt_state.iterate), atol=1e-3)
+    composite = float(loss(r.best_params)) + 0.05 * float(jnp.sum(jnp.abs(r.best_params)))
+    assert float(r.best_loss) == pytest.approx(composite, rel=1e-5)
+    # f alone is lowest elsewhere: the least-squares part keeps falling past the Lasso's point
+    assert float(jnp.nanmin(r.losses)) < float(loss(r.best_params))
+
+
+def test_prox_objectives_are_their_gs():
+    x = {"a": jnp.array([1.0, -2.0]), "b": jnp.array(0.5)}
+    assert float(jgd.prox.objective(jgd.prox.l1(0.5), x)) == pytest.approx(0.5 * 3.5)
+    assert float(jgd.prox.objective(jgd.prox.l2(2.0), x)) == pytest.approx(0.5 * 2.0 * (1 + 4 + 0.25))
+    assert float(jgd.prox.objective(jgd.prox.nonnegative(), x)) == np.inf
+    assert float(jgd.prox.objective(jgd.prox.box(-2.0, 1.0), x)) == 0.0
+    assert float(jgd.prox.objective(jgd.prox.l2_ball(1.0), jgd.prox.l2_ball(1.0)(x, 1.0))) == 0.0
+    assert jgd.prox.objective(lambda v, step: v, x) is None

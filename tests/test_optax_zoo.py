@@ -363,3 +363,22 @@ def test_lift_takes_a_factory_with_var_keywords():
     assert sorted(k for k, _ in opt.hyperparams.items()) == ["kind", "learning_rate", "scale"]
     updates, _ = jax.jit(lambda o, g, s: o.update(g, s))(opt, jnp.ones(2), opt.init(jnp.zeros(2)))
     np.testing.assert_allclose(updates, -0.2 * np.ones(2), rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind,name", CASES)
+def test_vmap_over_the_swept_number_of_every_rule(kind, name):
+    """vmap over each rule's swept number (its learning rate for most) = each value run alone."""
+    values = VALUES.get(name, (1e-2, 3e-2, 5e-3))
+    params = params_for(name)
+    make = TABLES[kind][name]
+
+    def final(value):
+        ours = (make(jgd.contrib, value, sgd=jgd.sgd) if name in ("mechanize", "sam")
+                else make(jgd.contrib if kind == "contrib" else jgd, value))
+        return _run(ours, params, steps=3)
+
+    batched = jax.vmap(final)(jnp.asarray(values, jnp.float32))
+    for i, value in enumerate(values):
+        single = jax.jit(final)(jnp.float32(value))
+        for a, e in zip(jax.tree.leaves(batched), jax.tree.leaves(single)):
+            np.testing.assert_allclose(np.asarray(a[i]), np.asarray(e), rtol=1e-5, atol=1e-6)
