@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jgd._transform import SPLIT_HINT
+from jgd._transform import SPLIT_HINT as _SPLIT_HINT
 
 
 def _leading_size(name, data):
@@ -43,7 +43,6 @@ def _check_bool(name, value):
         raise TypeError(f"{name} must be a bool, got {value!r}")
 
 
-_SPLIT_HINT = SPLIT_HINT
 
 
 def _check_params(params):

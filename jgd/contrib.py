@@ -80,7 +80,6 @@ def _alias(name: str):
     factory = getattr(optax.contrib, name)
     rule = lift(factory, static=STATIC.get(name, ()), elementwise=name in ELEMENTWISE, name=f"jgd.contrib.{name}")
     rule.__module__ = __name__
-    rule.__name__ = rule.__qualname__ = name
     rule.__doc__ = alias_doc(f"optax.contrib.{name}", f"jgd.contrib.{name}", SUMMARIES[name],
                              EXAMPLE_ARGUMENTS.get(name, "1e-3"), name in ELEMENTWISE, EXAMPLE_EXTRA.get(name, ""))
     return rule

@@ -45,7 +45,6 @@ WHAT = {
 def _wrapper(factory, name):
     rule = lift(factory, name=f"jgd.{name}")
     rule.__module__ = __name__
-    rule.__name__ = rule.__qualname__ = name
     rule.__doc__ = (
         f"{WHAT[name]} (`optax.{name}`).\n\n"
         f"Same signature and numbers as `optax.{name}`; inner jgd optimizers are leaves (their numbers "

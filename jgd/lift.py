@@ -72,7 +72,8 @@ def lift(factory: Callable, *, static: Iterable[str] = (), elementwise: bool = F
         elementwise: declare that the rule's update of each leaf depends on that leaf alone
             (Adam-like rules), which lets :func:`jgd.flat` pack leaves together. Rules with
             per-leaf norms, factored moments or matrix operations must leave it False.
-        name: the name used in error messages (default: the factory's).
+        name: the name used in error messages, whose last part names the returned factory
+            (default: the factory's own).
 
     Returns:
         A factory with ``factory``'s signature returning a jgd ``Optimizer``.
@@ -124,7 +125,8 @@ def lift(factory: Callable, *, static: Iterable[str] = (), elementwise: bool = F
         return transformation(functools.partial(_lifted_init, spec), functools.partial(_lifted_update, spec),
                               **hyperparams)
 
-    make.__name__ = make.__qualname__ = getattr(factory, "__name__", "lifted")
+    make.__name__ = make.__qualname__ = (name.rsplit(".", 1)[-1] if name
+                                         else getattr(factory, "__name__", "lifted"))
     make.__doc__ = factory.__doc__
     make.__signature__ = signature  # type: ignore[attr-defined]
     make.__wrapped_factory__ = factory  # type: ignore[attr-defined]

@@ -459,28 +459,18 @@ def _value_and_grad(config, params, model_state, batch, key):
     )
 
 
-def _line_search_memory(opt_state):
-    """The ``(value, grad)`` an optax line search (``scale_by_zoom_linesearch``,
-    ``scale_by_backtracking_linesearch``, so ``optax.lbfgs``) stored in the state at the
-    point it accepted, or None when the state holds no such pair."""
-    values = optax.tree.get_all_with_path(opt_state, "value")
-    grads = optax.tree.get_all_with_path(opt_state, "grad")
-    if len(values) != 1 or len(grads) != 1:
-        return None
-    return values[0][1], grads[0][1]
-
-
 def _value_and_grad_reusing(config, c, batch, key, loss_dtype):
     """:func:`_value_and_grad` at the step's params, except that a line search's stored
     value and gradient at this very point are reused instead of computed again (optax's
     ``value_and_grad_from_state``): on the full batch with no key, model state or aux, the
     point the search accepted is the next step's params and the objective is the same."""
-    memory = _line_search_memory(c.opt_state)
+    # what optax's line searches (scale_by_zoom_linesearch, scale_by_backtracking_linesearch,
+    # so optax.lbfgs) store in their state at the point they accepted
+    value, grad = _reported(c.opt_state, "value"), _reported(c.opt_state, "grad")
     reusable = (config.batch_size is None and config.microbatches == 1 and not config.with_key
                 and not config.has_model_state and not config.has_aux)
-    if memory is None or not reusable:
+    if value is None or grad is None or not reusable:
         return _value_and_grad(config, c.params, c.model_state, batch, key)
-    value, grad = memory
 
     def stored(params):
         return jnp.asarray(value).astype(loss_dtype), jax.tree.map(lambda g, p: jnp.asarray(g).astype(p.dtype),
@@ -499,8 +489,9 @@ def _reported(opt_state, field: str):
     """What the rule reports to the loop in its state's ``field`` (the protocol:
     ``residual``, its own stationarity measure, which ``tol`` tests instead of the
     gradient's norm; ``objective_term``, the non-smooth g at the current params, so the best
-    iterate is by f + g): the one such field's value, or None when there is none, several,
-    or it holds None (``jgd.proximal_gradient`` reports both)."""
+    iterate is by f + g; ``value`` and ``grad``, what a line search stored at the point it
+    accepted): the one such field's value, or None when there is none, several, or it holds
+    None (``jgd.proximal_gradient`` reports residual and objective_term)."""
     found = [v for _, v in optax.tree.get_all_with_path(opt_state, field)]
     return found[0] if len(found) == 1 and found[0] is not None else None
 

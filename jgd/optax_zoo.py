@@ -77,7 +77,6 @@ def _alias(name: str):
     factory = getattr(optax, name)
     rule = lift(factory, elementwise=name in ELEMENTWISE, name=f"jgd.{name}")
     rule.__module__ = __name__
-    rule.__name__ = rule.__qualname__ = name
     rule.__doc__ = alias_doc(f"optax.{name}", f"jgd.{name}", SUMMARIES[name], EXAMPLE_ARGUMENTS.get(name, "1e-3"),
                              name in ELEMENTWISE, EXAMPLE_EXTRA.get(name, ""))
     return rule
