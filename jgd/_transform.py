@@ -1,7 +1,7 @@
 """The optimizer protocol: an optimizer is a pytree whose leaves are its hyperparameters.
 
 Every jgd optimizer is an ``optax.GradientTransformationExtraArgs`` whose ``init`` and
-``update`` are ``jax.tree_util.Partial``s over a :class:`Hyperparams` node. Numeric
+``update`` are ``jax.tree_util.Partial``s over a `Hyperparams` node. Numeric
 hyperparameters are pytree leaves, so a jitted step that takes the optimizer as an
 argument compiles once for every value, and ``jax.vmap`` over a learning rate works.
 Everything else (rule names, flags, plain functions, optax closures) is static
@@ -49,7 +49,7 @@ __all__ = [
 class Static:
     """A hyperparameter that is part of the compiled program rather than a leaf.
 
-    Two are equal when their values are equal by :func:`static_key`: so an equal mask
+    Two are equal when their values are equal by `static_key`: so an equal mask
     rebuilt as a ``functools.partial``, an equal label tree or an optax piece rebuilt from
     equal arguments is the same compiled program, not a retrace."""
 
@@ -189,7 +189,7 @@ class Optimizer(optax.GradientTransformationExtraArgs):
     hyperparameters, each exactly once.
 
     ``init`` and ``update`` are ``jax.tree_util.Partial``s over the same
-    :class:`Hyperparams`; flattened as a namedtuple, every hyperparameter would be a leaf
+    `Hyperparams`; flattened as a namedtuple, every hyperparameter would be a leaf
     twice (a batched optimizer would need ``in_axes`` for both copies, and ``jax.grad``
     with respect to the optimizer would split each derivative in two). This subclass
     flattens to the hyperparameters once and rebuilds both functions from them.

@@ -61,12 +61,13 @@ def adagrad(
 ) -> optax.GradientTransformationExtraArgs:
     r"""Adagrad: step sizes shrink with the sum of squared gradients.
 
-    .. math:: s_t = s_{t-1} + g_t^2, \qquad u_t = -\eta_t\, g_t / \sqrt{s_t + \epsilon}
+    $$
+    s_t = s_{t-1} + g_t^2, \qquad u_t = -\eta_t\, g_t / \sqrt{s_t + \epsilon}
+    $$
 
-    with :math:`s_0` = ``initial_accumulator_value``. Equals ``optax.adagrad``.
+    with $s_0$ = ``initial_accumulator_value``. Equals ``optax.adagrad``.
 
-    Example::
-
+    Examples:
       >>> opt = jgd.adagrad(0.1)
 
     Reference: Duchi, Hazan & Singer, "Adaptive subgradient methods for online
@@ -125,20 +126,20 @@ def rmsprop(
 ) -> optax.GradientTransformationExtraArgs:
     r"""RMSProp: divide by a running root-mean-square of the gradients.
 
-    .. math::
-       v_t = \rho v_{t-1} + (1-\rho) g_t^2, \qquad
-       u_t = -\eta_t\, g_t / \sqrt{v_t + \epsilon}.
+    $$
+    v_t = \rho v_{t-1} + (1-\rho) g_t^2, \qquad
+    u_t = -\eta_t\, g_t / \sqrt{v_t + \epsilon}.
+    $$
 
-    ``centered=True`` also tracks :math:`m_t = \rho m_{t-1} + (1-\rho) g_t` and divides by
-    :math:`\sqrt{v_t - m_t^2 + \epsilon}` (Graves 2013). ``momentum=\mu`` then
-    accumulates the steps, :math:`b_t = u_t + \mu b_{t-1}`, and applies :math:`b_t` (or
-    :math:`u_t + \mu b_t` with ``nesterov``). Equals ``optax.rmsprop`` with the same
+    ``centered=True`` also tracks $m_t = \rho m_{t-1} + (1-\rho) g_t$ and divides by
+    $\sqrt{v_t - m_t^2 + \epsilon}$ (Graves 2013). ``momentum=\mu`` then
+    accumulates the steps, $b_t = u_t + \mu b_{t-1}$, and applies $b_t$ (or
+    $u_t + \mu b_t$ with ``nesterov``). Equals ``optax.rmsprop`` with the same
     arguments, in optax's order; ``initial_scale != 0``, ``eps_in_sqrt=False`` and
-    ``bias_correction=True`` run optax's own rule through :func:`jgd.lift` (the same
+    ``bias_correction=True`` run optax's own rule through [`jgd.lift`][jgd.lift] (the same
     numbers, still one leaf per hyperparameter).
 
-    Example::
-
+    Examples:
       >>> opt = jgd.rmsprop(1e-3, decay=0.9, centered=True)
 
     Reference: Tieleman & Hinton, Lecture 6.5, COURSERA: Neural Networks for ML, 2012.
@@ -240,10 +241,11 @@ def adam(
 ) -> optax.GradientTransformationExtraArgs:
     r"""Adam: bias-corrected first and second moment estimates.
 
-    .. math::
-       m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \quad
-       v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2, \quad
-       u_t = -\eta_t \frac{m_t / (1-\beta_1^t)}{\sqrt{v_t / (1-\beta_2^t) + \epsilon_{root}} + \epsilon}.
+    $$
+    m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \quad
+    v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2, \quad
+    u_t = -\eta_t \frac{m_t / (1-\beta_1^t)}{\sqrt{v_t / (1-\beta_2^t) + \epsilon_{root}} + \epsilon}.
+    $$
 
     Equals ``optax.adam`` (``eps_root`` and ``mu_dtype`` included, in optax's argument
     order) and ``torch.optim.Adam`` (up to float rounding). ``state_dtype`` sets both
@@ -253,13 +255,12 @@ def adam(
     meta-learning through the update needs; with the default ``0`` a coordinate whose
     gradients are all exactly zero still gets a zero (not NaN) hypergradient.
 
-    Example::
-
+    Examples:
       >>> opt = jgd.adam(3e-4)
       >>> state = opt.init({"w": jnp.zeros((2, 3))})
 
     ``nesterov=True`` (NAdam's look-ahead first moment) runs ``optax.adam``'s rule through
-    :func:`jgd.lift`.
+    [`jgd.lift`][jgd.lift].
 
     Reference: Kingma & Ba, "Adam: A method for stochastic optimization", ICLR 2015.
     """
@@ -275,18 +276,19 @@ def adamw(
 ) -> optax.GradientTransformationExtraArgs:
     r"""AdamW: Adam with decoupled weight decay.
 
-    .. math:: u_t = -\eta_t \left(\frac{\hat m_t}{\sqrt{\hat v_t} + \epsilon}
-              + \lambda\, x_t\right)
+    $$
+    u_t = -\eta_t \left(\frac{\hat m_t}{\sqrt{\hat v_t} + \epsilon}
+    + \lambda\, x_t\right)
+    $$
 
-    with :math:`\hat m_t, \hat v_t` and ``eps_root`` as in :func:`adam` (the same
+    with $\hat m_t, \hat v_t$ and ``eps_root`` as in [`jgd.adam`][jgd.adam] (the same
     argument order as ``optax.adamw``). Needs ``params`` in ``update``.
     ``mask`` (a pytree of bools like the params, or a function params → such a pytree)
     decays only the leaves where it is True — e.g. not biases and norms. Equals
-    ``optax.adamw`` (whose default :math:`\lambda` is also ``1e-4``), ``mask`` included;
+    ``optax.adamw`` (whose default $\lambda$ is also ``1e-4``), ``mask`` included;
     wrapping adamw in ``optax.masked`` would mask the whole update instead.
 
-    Example::
-
+    Examples:
       >>> opt = jgd.adamw(1e-3, weight_decay=1e-2)
 
     Reference: Loshchilov & Hutter, "Decoupled weight decay regularization", ICLR 2019.

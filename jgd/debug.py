@@ -34,7 +34,7 @@ _listening = False
 
 
 class CompileCount:
-    """What :func:`count_compiles` counted: ``count`` XLA compilations (``int(c)`` too),
+    """What [`jgd.debug.count_compiles`][jgd.debug.count_compiles] counted: ``count`` XLA compilations (``int(c)`` too),
     ``traces`` traces to a jaxpr, and ``names`` the compiled functions' names."""
 
     def __init__(self):

@@ -14,7 +14,7 @@ __all__ = ["Eval"]
 
 
 class Eval:
-    """Held-out evaluation for :func:`jgd.minimize` and :func:`jgd.sweep` (``evaluate=``).
+    """Held-out evaluation for [`jgd.minimize`][jgd.minimize.minimize] and [`jgd.sweep`][jgd.sweep.sweep] (``evaluate=``).
 
     ``fun(params[, model_state][, data])`` returns a scalar (named ``"eval"``) or a dict
     of named scalars, evaluated inside the compiled loop at the params after ``every``,
@@ -32,8 +32,7 @@ class Eval:
       patience: stop after this many evaluations in a row without improvement of the
         monitored metric (``Result.stopped_early``).
 
-    Example::
-
+    Examples:
       >>> held_out = jnp.array([1.9, 2.0, 2.1])
       >>> val = jgd.Eval(lambda w, d: jnp.mean((d - w) ** 2), data=held_out, every=10, monitor="eval")
       >>> r = jgd.minimize(lambda w: jnp.sum((w - 2.0) ** 2), jnp.zeros(()), jgd.sgd(0.05),
@@ -85,7 +84,7 @@ class Eval:
 
 
 class EvalConfig(NamedTuple):
-    """The static half of :class:`Eval`, part of the compiled loop's cache key."""
+    """The static half of [`jgd.Eval`][jgd.Eval], part of the compiled loop's cache key."""
 
     fun: Callable
     every: int
@@ -95,7 +94,7 @@ class EvalConfig(NamedTuple):
     has_data: bool
 
     def bind(self, data) -> Eval:
-        """The :class:`Eval` of this configuration with ``data`` (a traced value inside a
+        """The [`jgd.Eval`][jgd.Eval] of this configuration with ``data`` (a traced value inside a
         sweep's program)."""
         return Eval(self.fun, data, self.every, self.monitor, self.mode, self.patience)
 

@@ -48,8 +48,7 @@ def flat(opt, pack_below: int | None = None) -> optax.GradientTransformationExtr
     by global norm, the subgradient method's length and Polyak steps) sum in another
     order, so they agree to rounding.
 
-    Example::
-
+    Examples:
       >>> opt = jgd.flat(jgd.adam(1e-3))
       >>> state = opt.init({"w": jnp.zeros((3, 2)), "b": jnp.zeros(2)})
       >>> state.inner.mu
@@ -120,7 +119,7 @@ def _join(tree, groups):
 
 
 def _split(buffers, like, groups):
-    """The inverse of :func:`_join`: leaves shaped like ``like`` cut from ``buffers``."""
+    """The inverse of `_join`: leaves shaped like ``like`` cut from ``buffers``."""
     leaves, treedef = jax.tree.flatten(like)
     shapes = {}
     for name, leaf in zip(groups, leaves):
@@ -169,7 +168,7 @@ def _flat_init(hp, params):
 def layout(opt, params):
     """For ``opt = flat(inner)``: ``(inner, layout)``, where ``layout`` names the buffer
     of every params leaf, so a descent loop can keep the params as buffers throughout
-    (:func:`join`, :func:`split`); ``None`` for any other optimizer."""
+    (`join`, `split`); ``None`` for any other optimizer."""
     update = getattr(opt, "update", None)
     args = getattr(update, "args", ())
     if not (len(args) >= 2 and isinstance(args[0], Static) and args[0].value is _flat_update):
@@ -184,7 +183,7 @@ def join(tree, layout):
 
 
 def split(buffers, like, layout):
-    """The inverse of :func:`join`: a tree shaped like ``like`` cut from ``buffers``."""
+    """The inverse of `join`: a tree shaped like ``like`` cut from ``buffers``."""
     return _split(buffers, like, layout)
 
 

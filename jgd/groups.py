@@ -1,7 +1,7 @@
 """Parameter groups, as optax: ``partition`` (``multi_transform``), ``masked``, ``freeze``,
 ``set_to_zero``, ``selective_transform``.
 
-Each is optax's own wrapper run through :func:`jgd.lift`: inner jgd optimizers stay pytree
+Each is optax's own wrapper run through [`jgd.lift`][jgd.lift]: inner jgd optimizers stay pytree
 leaves (their numbers are traced, one compilation for every value), while labels and masks
 are static parts of the program compared by value — an equal label tree, or a
 ``functools.partial`` of the same function with equal arguments rebuilt per call, is the same

@@ -68,14 +68,14 @@ def halving(
 
     Args:
       fun, params, factory, seeds, key, chunk_size, keep_params, **minimize_kwargs: as
-        for :func:`jgd.sweep`.
+        for [`jgd.sweep`][jgd.sweep.sweep].
       grid, samples: the configurations: the grid's points, or ``samples`` points drawn
         from it (distributions allowed).
       steps: the steps of a configuration that reaches the last rung.
       eta: the reduction factor (>= 2): a rung keeps 1/eta of its configurations and the
         next one runs eta times as many steps in all.
       min_steps: the steps of the first rung.
-      evaluate: a :class:`jgd.Eval` with a ``monitor``. Its ``every`` must divide every
+      evaluate: a [`jgd.Eval`][jgd.Eval] with a ``monitor``. Its ``every`` must divide every
         rung's budget; ``None`` evaluates at the rung ends' common divisor.
       save_dir, save_every: survive preemption: every rung runs in segments of
         ``save_every`` steps (it must divide every rung's budget), saved after each in
@@ -83,13 +83,12 @@ def halving(
         back and the interrupted one resumes from its newest checkpoint, so the result
         equals an uninterrupted halving.
 
-    Returns a :class:`jgd.SweepResult` over all configurations (grid shape ``(N,)``),
+    Returns a [`jgd.SweepResult`][jgd.SweepResult] over all configurations (grid shape ``(N,)``),
     with ``rung`` (the last rung each reached) and ``steps_spent`` (the run-steps of all
     configurations together, for one seed). A configuration equals a ``minimize`` run of
     it, with its seed key, for the steps it reached; entries past those are NaN.
 
-    Example::
-
+    Examples:
       >>> def loss(w):
       ...     return jnp.sum((w - 1.0) ** 2)
       >>> val = jgd.Eval(lambda w: loss(w), monitor="eval")

@@ -70,7 +70,7 @@ def lift(factory: Callable, *, static: Iterable[str] = (), elementwise: bool = F
             0:``); they are part of the compiled program instead of leaves. A factory that
             needs one and does not get it raises a ``TypeError`` naming it under ``jit``.
         elementwise: declare that the rule's update of each leaf depends on that leaf alone
-            (Adam-like rules), which lets :func:`jgd.flat` pack leaves together. Rules with
+            (Adam-like rules), which lets [`jgd.flat`][jgd.flat.flat] pack leaves together. Rules with
             per-leaf norms, factored moments or matrix operations must leave it False.
         name: the name used in error messages, whose last part names the returned factory
             (default: the factory's own).

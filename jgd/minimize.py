@@ -48,8 +48,7 @@ class LoopState(NamedTuple):
     taken so far (the sampler's position, the evaluation schedule and the per-step keys
     all follow from it) and the best iterate so far.
 
-    Example::
-
+    Examples:
       >>> f = lambda w: jnp.sum((w - 1.0) ** 2)
       >>> first = jgd.minimize(f, jnp.zeros(2), jgd.adam(0.1), steps=30)
       >>> int(first.state.step)
@@ -66,7 +65,7 @@ class LoopState(NamedTuple):
 
 
 class Result(NamedTuple):
-    """The outcome of :func:`minimize` (a pytree; it pickles and comes out of ``vmap``).
+    """The outcome of [`jgd.minimize`][jgd.minimize.minimize] (a pytree; it pickles and comes out of ``vmap``).
 
     ``losses[t]`` is the loss of step ``t``'s batch at the params before step ``t``'s
     update and ``grad_norms[t]`` its gradient's global norm; entries past the stop are NaN.
@@ -80,8 +79,7 @@ class Result(NamedTuple):
     init_state=r.state, key=r.key, ...)``. ``aux`` is the auxiliary output of the last
     recorded step (``has_aux=True``), or of every step with ``record_aux=True``.
 
-    Example::
-
+    Examples:
       >>> r = jgd.minimize(lambda w: jnp.sum(w ** 2), jnp.ones(2), jgd.sgd(0.1), steps=50, tol=1e-3)
       >>> int(r.num_steps), bool(r.converged), r.losses.shape  # stopped on tol, NaN past the stop
       (37, True, (50,))
@@ -166,7 +164,7 @@ def minimize(
         loop and never differentiated; ``Result.model_state`` is its final value.
       with_key: pass ``fun`` a typed PRNG key of its own at every step (every
         micro-batch), derived from ``key`` (dropout).
-      evaluate: a :class:`jgd.Eval`: held-out metrics inside the loop.
+      evaluate: a [`jgd.Eval`][jgd.Eval]: held-out metrics inside the loop.
       record_aux: keep every step's aux, stacked on a leading ``(steps,)`` axis.
       differentiable: run the loop in a form reverse-mode autodiff goes through (a scan
         of exactly ``steps`` steps; a stop freezes the params instead of leaving the loop),
@@ -199,8 +197,7 @@ def minimize(
       >>> bool(jax.grad(after)(0.01) < 0)
       True
 
-    Example::
-
+    Examples:
       >>> r = jgd.minimize(lambda w: jnp.sum((w - 3.0) ** 2), jnp.zeros(2), jgd.sgd(0.1), steps=100)
       >>> r.params.round(4), int(r.num_steps), bool(r.converged)
       (Array([3., 3.], dtype=float32), 100, False)
@@ -324,7 +321,7 @@ def _setup(fun, params, opt, *, steps, data, batch_size, microbatches, key, tol,
 
 def initial_state(fun, params, opt, *, model_state=None, key=None, data=None, evaluate=None, steps=1,
                   **kwargs) -> LoopState:
-    """The :class:`LoopState` that ``minimize`` starts a fresh run from (for continuing
+    """The [`jgd.LoopState`][jgd.LoopState] that ``minimize`` starts a fresh run from (for continuing
     many runs with ``init_state``, as sweeps saved in segments do)."""
     run = _setup(fun, params, opt, steps=steps, data=data, key=key, model_state=model_state,
                  evaluate=evaluate, **{**dict(batch_size=None, microbatches=1, tol=None, has_aux=False,
@@ -460,7 +457,7 @@ def _value_and_grad(config, params, model_state, batch, key):
 
 
 def _value_and_grad_reusing(config, c, batch, key, loss_dtype):
-    """:func:`_value_and_grad` at the step's params, except that a line search's stored
+    """`_value_and_grad` at the step's params, except that a line search's stored
     value and gradient at this very point are reused instead of computed again (optax's
     ``value_and_grad_from_state``): on the full batch with no key, model state or aux, the
     point the search accepted is the next step's params and the objective is the same."""

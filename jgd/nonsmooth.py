@@ -26,27 +26,27 @@ SUBGRADIENT_RULES = ("constant", "length", "sqrt", "harmonic", "polyak")
 def subgradient(
     learning_rate, rule: str = "sqrt", f_star=None, max_learning_rate=None
 ) -> optax.GradientTransformationExtraArgs:
-    r"""The subgradient method :math:`u_t = -\alpha_t g_t` for non-smooth convex objectives,
-    with :math:`g_t \in \partial f(x_t)` and the step :math:`\alpha_t` chosen by ``rule``
-    (:math:`t = 1, 2, \dots`, :math:`\eta` = ``learning_rate``):
+    r"""The subgradient method $u_t = -\alpha_t g_t$ for non-smooth convex objectives,
+    with $g_t \in \partial f(x_t)$ and the step $\alpha_t$ chosen by ``rule``
+    ($t = 1, 2, \dots$, $\eta$ = ``learning_rate``):
 
-    ============  ===============================================
-    ``constant``  :math:`\alpha_t = \eta`
-    ``length``    :math:`\alpha_t = \eta / \|g_t\|` (constant step length)
-    ``sqrt``      :math:`\alpha_t = \eta / \sqrt{t}`
-    ``harmonic``  :math:`\alpha_t = \eta / t`
-    ``polyak``    :math:`\alpha_t = \eta\,(f(x_t) - f^\star) / \|g_t\|^2` (:math:`\eta = 1` is
-                  Polyak's step; needs ``update(..., value=f(x_t))`` and ``f_star``)
-    ============  ===============================================
+    | ``rule`` | step $\alpha_t$ |
+    |---|---|
+    | ``constant`` | $\alpha_t = \eta$ |
+    | ``length`` | $\alpha_t = \eta / \Vert g_t\Vert$ (constant step length) |
+    | ``sqrt`` | $\alpha_t = \eta / \sqrt{t}$ |
+    | ``harmonic`` | $\alpha_t = \eta / t$ |
+    | ``polyak`` | $\alpha_t = \eta\,(f(x_t) - f^\star) / \Vert g_t\Vert^2$ (Polyak's step for $\eta = 1$) |
 
-    ``max_learning_rate`` caps Polyak's step, :math:`\min(\alpha_t, \text{cap})` (optax's
+    Polyak's step needs ``update(..., value=f(x_t))`` and ``f_star``.
+
+    ``max_learning_rate`` caps Polyak's step, $\min(\alpha_t, \text{cap})$ (optax's
     ``polyak_sgd(max_learning_rate=)``): far from the optimum, or with a loose ``f_star``,
-    the uncapped step can be huge. Norms are global over the pytree. Where :math:`g_t = 0`
+    the uncapped step can be huge. Norms are global over the pytree. Where $g_t = 0$
     the update is 0 (no 0/0).
     It is not a descent method: keep the best iterate (``jgd.minimize`` reports it).
 
-    Example::
-
+    Examples:
       >>> f = lambda x: jnp.sum(jnp.abs(x - 1.0))  # non-smooth, f* = 0
       >>> opt = jgd.subgradient(1.0, rule="polyak", f_star=0.0)
       >>> x = jnp.zeros(2)

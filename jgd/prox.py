@@ -1,4 +1,4 @@
-"""Proximal operators ``prox(x, step) -> x`` over pytrees, for :func:`jgd.proximal_gradient`.
+"""Proximal operators ``prox(x, step) -> x`` over pytrees, for [`jgd.proximal_gradient`][jgd.proximal_gradient].
 
 ``prox_{step·h}(x) = argmin_z h(z)·step + ½‖z − x‖²``. Each factory returns a
 ``jax.tree_util.Partial`` over its numeric parameters, so a strength is a pytree leaf
@@ -6,8 +6,7 @@
 pytree shaped like the params with one per leaf (jaxopt's per-leaf ``l1reg``). Any
 function ``(x, step) -> x`` may be used instead. Projections reuse ``optax.projections``.
 
-Example::
-
+Examples:
   >>> jgd.prox.l1(1.0)(jnp.array([3.0, -0.5, 1.5]), 0.5)  # soft threshold at 0.5
   Array([ 2.5, -0. ,  1. ], dtype=float32)
   >>> jgd.prox.box(0.0, 1.0)({"a": jnp.array([-1.0, 2.0])}, 1.0)
@@ -60,8 +59,8 @@ def _per_leaf(name, value, x):
 
 
 def l1(strength):
-    r"""Soft thresholding, the prox of :math:`\lambda\|x\|_1`:
-    :math:`\operatorname{sign}(x)\max(|x| - \text{step}\cdot\lambda, 0)`.
+    r"""Soft thresholding, the prox of $\lambda\|x\|_1$:
+    $\operatorname{sign}(x)\max(|x| - \text{step}\cdot\lambda, 0)$.
 
     Example: ``jgd.proximal_gradient(lr, prox=jgd.prox.l1(0.1))`` solves the Lasso.
     """
@@ -78,7 +77,7 @@ def _soft_threshold(strength, x, step):
 
 
 def l2(strength):
-    r"""The prox of :math:`\frac{\lambda}{2}\|x\|^2`: :math:`x / (1 + \text{step}\cdot\lambda)`."""
+    r"""The prox of $\frac{\lambda}{2}\|x\|^2$: $x / (1 + \text{step}\cdot\lambda)$."""
     _check_strength("strength", strength, lower=0.0)
     return jax.tree_util.Partial(_shrink, strength)
 
@@ -115,7 +114,7 @@ def _box(lower, upper, x, step):
 
 def l2_ball(radius):
     r"""Projection onto the Euclidean ball of ``radius`` (the whole pytree as one vector):
-    :math:`x \cdot \min(1, r / \|x\|)`."""
+    $x \cdot \min(1, r / \|x\|)$."""
     check_scalar("radius", radius, lower=0.0)
     return jax.tree_util.Partial(_l2_ball, radius)
 
@@ -133,8 +132,7 @@ def objective(prox, x):
     module's operators (``l1``: λ‖x‖₁, ``l2``: (λ/2)‖x‖², the projections: 0 inside the set
     and ``inf`` outside); ``None`` for any other function (then the loop knows only f).
 
-    Example::
-
+    Examples:
       >>> float(jgd.prox.objective(jgd.prox.l1(0.5), jnp.array([1.0, -2.0])))
       1.5
       >>> jgd.prox.objective(lambda x, step: x, jnp.zeros(2)) is None

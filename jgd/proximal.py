@@ -46,37 +46,37 @@ def _identity(x, step):
 
 
 def proximal_gradient(learning_rate=None, prox=None, accelerated: bool = False) -> optax.GradientTransformationExtraArgs:
-    r"""Proximal gradient descent for :math:`\min_x f(x) + h(x)`, f smooth, h with a prox.
+    r"""Proximal gradient descent for $\min_x f(x) + h(x)$, f smooth, h with a prox.
 
-    ISTA (``accelerated=False``): :math:`x_{k+1} = \operatorname{prox}_{\eta h}(x_k - \eta\nabla f(x_k))`.
+    ISTA (``accelerated=False``): $x_{k+1} = \operatorname{prox}_{\eta h}(x_k - \eta\nabla f(x_k))$.
 
-    FISTA (``accelerated=True``), with :math:`t_1 = 1`, :math:`y_1 = x_0`:
+    FISTA (``accelerated=True``), with $t_1 = 1$, $y_1 = x_0$:
 
-    .. math::
-       x_k = \operatorname{prox}_{\eta h}(y_k - \eta \nabla f(y_k)),\quad
-       t_{k+1} = \tfrac{1 + \sqrt{1 + 4 t_k^2}}{2},\quad
-       y_{k+1} = x_k + \tfrac{t_k - 1}{t_{k+1}} (x_k - x_{k-1}).
+    $$
+    x_k = \operatorname{prox}_{\eta h}(y_k - \eta \nabla f(y_k)),\quad
+    t_{k+1} = \tfrac{1 + \sqrt{1 + 4 t_k^2}}{2},\quad
+    y_{k+1} = x_k + \tfrac{t_k - 1}{t_{k+1}} (x_k - x_{k-1}).
+    $$
 
-    With :math:`\eta \le 1/L` FISTA reaches :math:`F(x_k) - F^\star \le 2L\|x_0-x^\star\|^2/(k+1)^2`.
+    With $\eta \le 1/L$ FISTA reaches $F(x_k) - F^\star \le 2L\|x_0-x^\star\|^2/(k+1)^2$.
     ``learning_rate=None`` finds the step by backtracking (Beck & Teboulle 2009, §4): the
-    step :math:`\eta_k` is halved until
-    :math:`f(x) \le f(y) + \langle\nabla f(y), x - y\rangle + \|x - y\|^2 / (2\eta_k)`
-    at :math:`x = \operatorname{prox}_{\eta_k h}(y - \eta_k\nabla f(y))`; steps never grow
+    step $\eta_k$ is halved until
+    $f(x) \le f(y) + \langle\nabla f(y), x - y\rangle + \|x - y\|^2 / (2\eta_k)$
+    at $x = \operatorname{prox}_{\eta_k h}(y - \eta_k\nabla f(y))$; steps never grow
     again after the first (which is also searched upwards from 1), so the rate above holds
-    with :math:`L` replaced by :math:`2L`. It needs ``update(..., value=f(y),
-    value_fn=f)`` (optax's convention; :func:`jgd.minimize` passes both) and is not
+    with $L$ replaced by $2L$. It needs ``update(..., value=f(y),
+    value_fn=f)`` (optax's convention; [`jgd.minimize`][jgd.minimize.minimize] passes both) and is not
     reverse-differentiable (a while loop).
 
-    The params follow the points where gradients are taken (:math:`y_k`; :math:`x_k` for
-    ISTA); ``state.iterate`` holds the latest :math:`x_k`, the point to report, and
+    The params follow the points where gradients are taken ($y_k$; $x_k$ for
+    ISTA); ``state.iterate`` holds the latest $x_k$, the point to report, and
     ``state.residual`` the prox-gradient residual
-    :math:`\|y - \operatorname{prox}_{\eta h}(y - \eta\nabla f(y))\|/\eta`, which is 0
+    $\|y - \operatorname{prox}_{\eta h}(y - \eta\nabla f(y))\|/\eta$, which is 0
     exactly at a minimizer (``jgd.minimize``'s ``tol`` tests it). Needs ``params`` in
-    ``update``. ``prox(x, step)`` is any function from :mod:`jgd.prox` or your own;
+    ``update``. ``prox(x, step)`` is any function from [`jgd.prox`][jgd.prox] or your own;
     ``None`` is the identity (plain gradient descent / Nesterov's method).
 
-    Example::
-
+    Examples:
       >>> A = jnp.array([[2.0, 0.0], [0.0, 1.0]])
       >>> smooth = lambda x: 0.5 * jnp.sum((A @ x - jnp.array([2.0, 0.05])) ** 2)
       >>> L = 4.0  # the largest eigenvalue of AᵀA

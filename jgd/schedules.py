@@ -10,8 +10,7 @@ jitted step that takes the optimizer compiles once for every schedule value, and
 argument); traced ones are not. A schedule maps ``count`` (the number of updates so far,
 0 on the first step, as in optax) to a scalar.
 
-Example::
-
+Examples:
   >>> lr = jgd.schedules.warmup_cosine_decay(0.0, peak_value=1e-2, warmup_steps=10, decay_steps=100)
   >>> opt = jgd.adam(lr)
   >>> round(float(lr(10)), 6), round(float(lr(100)), 6)  # the peak after warmup, then 0
@@ -338,7 +337,7 @@ piecewise_interpolate_schedule = piecewise_interpolate
 
 
 def join_schedules(schedules: Sequence, boundaries: Sequence) -> join:
-    """optax's ``join_schedules``: :class:`join`."""
+    """optax's ``join_schedules``: [`jgd.schedules.join`][jgd.schedules.join]."""
     return join(schedules, boundaries)
 
 
@@ -350,7 +349,7 @@ def warmup_constant_schedule(init_value, peak_value, warmup_steps) -> linear:
 
 def warmup_exponential_decay_schedule(init_value, peak_value, warmup_steps, transition_steps, decay_rate,
                                       transition_begin=0, staircase=False, end_value=None) -> join:
-    """Linear warmup to ``peak_value``, then :class:`exponential_decay` from it (optax's
+    """Linear warmup to ``peak_value``, then [`jgd.schedules.exponential_decay`][jgd.schedules.exponential_decay] from it (optax's
     ``warmup_exponential_decay_schedule``)."""
     return join([linear(init_value, peak_value, warmup_steps),
                  exponential_decay(peak_value, transition_steps, decay_rate, transition_begin, staircase, end_value)],
@@ -358,7 +357,7 @@ def warmup_exponential_decay_schedule(init_value, peak_value, warmup_steps, tran
 
 
 def sgdr_schedule(cosine_kwargs) -> join:
-    """Warm restarts (Loshchilov & Hutter, 2017): one :class:`warmup_cosine_decay` per dict
+    """Warm restarts (Loshchilov & Hutter, 2017): one [`jgd.schedules.warmup_cosine_decay`][jgd.schedules.warmup_cosine_decay] per dict
     of its arguments, one after the other (optax's ``sgdr_schedule``)."""
     cosine_kwargs = list(cosine_kwargs)
     if not cosine_kwargs:

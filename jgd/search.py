@@ -37,8 +37,7 @@ def _number(name, value):
 class uniform(Distribution):
     """Uniform on ``[low, high)``.
 
-    Example::
-
+    Examples:
       >>> jgd.uniform(0.0, 0.99).sample(jax.random.key(0), 3).shape
       (3,)
     """
@@ -59,8 +58,7 @@ class uniform(Distribution):
 class loguniform(Distribution):
     """Uniform in ``log`` on ``[low, high)``, ``0 < low < high`` (learning rates, decays).
 
-    Example::
-
+    Examples:
       >>> lrs = jgd.loguniform(1e-4, 1.0).sample(jax.random.key(0), 1000)
       >>> bool((lrs >= 1e-4).all() and (lrs < 1.0).all())
       True
@@ -85,8 +83,7 @@ class loguniform(Distribution):
 class choice(Distribution):
     """Uniform over ``values``.
 
-    Example::
-
+    Examples:
       >>> sorted(set(jgd.choice([0.0, 0.5]).sample(jax.random.key(0), 50).tolist()))
       [0.0, 0.5]
     """

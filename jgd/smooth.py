@@ -27,11 +27,11 @@ __all__ = ["sgd", "momentum", "nesterov", "MomentumState"]
 
 def sgd(learning_rate, momentum=None, nesterov: bool = False, accumulator_dtype=None
         ) -> optax.GradientTransformationExtraArgs:
-    r"""(Stochastic) gradient descent: :math:`u_t = -\eta_t\, g_t`.
+    r"""(Stochastic) gradient descent: $u_t = -\eta_t\, g_t$.
 
     Full-batch GD, SGD or mini-batch GD depending on the gradient it is fed
-    (see :func:`jgd.minimize`). Equals ``optax.sgd`` with the same arguments: with
-    ``momentum`` it is :func:`momentum` (``beta=momentum``, ``nesterov``, the trace in
+    (see [`jgd.minimize`][jgd.minimize.minimize]). Equals ``optax.sgd`` with the same arguments: with
+    ``momentum`` it is [`jgd.momentum`][jgd.momentum] (``beta=momentum``, ``nesterov``, the trace in
     ``accumulator_dtype``).
 
     Args:
@@ -40,8 +40,7 @@ def sgd(learning_rate, momentum=None, nesterov: bool = False, accumulator_dtype=
       nesterov: Nesterov's look-ahead form (needs ``momentum``).
       accumulator_dtype: the momentum trace's dtype (default: the params').
 
-    Example::
-
+    Examples:
       >>> import jax.numpy as jnp, jgd
       >>> opt = jgd.sgd(0.1)
       >>> params = jnp.array([1.0, -2.0])
@@ -81,10 +80,11 @@ def momentum(
 ) -> optax.GradientTransformationExtraArgs:
     r"""Heavy-ball momentum, optionally Nesterov's accelerated form.
 
-    .. math::
-       m_t = g_t + \beta m_{t-1}, \qquad
-       u_t = -\eta_t m_t \quad\text{or, with Nesterov,}\quad
-       u_t = -\eta_t (g_t + \beta m_t).
+    $$
+    m_t = g_t + \beta m_{t-1}, \qquad
+    u_t = -\eta_t m_t \quad\text{or, with Nesterov,}\quad
+    u_t = -\eta_t (g_t + \beta m_t).
+    $$
 
     Equals ``optax.sgd(learning_rate, momentum=beta, nesterov=nesterov)`` and
     ``torch.optim.SGD(lr, momentum=beta, nesterov=nesterov)``.
@@ -98,8 +98,7 @@ def momentum(
       mu_dtype: the same, under optax's name for a first moment (``accumulator_dtype``
         in ``optax.sgd``); wins over ``state_dtype``.
 
-    Example::
-
+    Examples:
       >>> opt = jgd.momentum(1e-2, beta=0.9)
       >>> state = opt.init({"w": jnp.zeros(3)})
 
@@ -127,10 +126,11 @@ _heavy_ball = momentum  # sgd's ``momentum`` argument shadows the function's nam
 def nesterov(learning_rate, beta=0.9, *, state_dtype=None, mu_dtype=None):
     r"""Nesterov momentum: ``momentum(learning_rate, beta, nesterov=True)``.
 
-    .. math:: m_t = g_t + \beta m_{t-1}, \qquad u_t = -\eta_t (g_t + \beta m_t).
+    $$
+    m_t = g_t + \beta m_{t-1}, \qquad u_t = -\eta_t (g_t + \beta m_t).
+    $$
 
-    Example::
-
+    Examples:
       >>> opt = jgd.nesterov(0.1, beta=0.5)
       >>> updates, state = opt.update(jnp.ones(2), opt.init(jnp.zeros(2)))
       >>> updates  # -0.1·(1 + 0.5·1)

@@ -167,10 +167,10 @@ def sweep(
     save_every: int | None = None,
     **minimize_kwargs,
 ) -> SweepResult:
-    """Runs :func:`jgd.minimize` for every point of ``grid`` × ``seeds`` as ONE program.
+    """Runs [`jgd.minimize`][jgd.minimize.minimize] for every point of ``grid`` × ``seeds`` as ONE program.
 
     Args:
-      fun: the loss, as for :func:`jgd.minimize`.
+      fun: the loss, as for [`jgd.minimize`][jgd.minimize.minimize].
       params: a pytree, or a function ``key -> params`` (a fresh init per seed).
       factory: an optimizer factory, e.g. ``jgd.momentum``; called with each grid point.
       grid: ``{name: values}``; the Cartesian product of the axes is swept. An axis may
@@ -195,7 +195,7 @@ def sweep(
       **minimize_kwargs: ``steps`` and any of ``data``, ``batch_size``,
         ``microbatches``, ``tol``, ``has_aux``, ``model_state`` (a pytree or a function
         ``key -> model_state``), ``with_key``, ``evaluate``, ``record_aux``, as for
-        :func:`jgd.minimize`.
+        [`jgd.minimize`][jgd.minimize.minimize].
 
     Run ``(i, s)`` equals ``minimize(fun, p, factory(**hparams_i), key=k_s, ...)`` with
     the grid values as float32 (float64 under x64) scalars. With several devices
@@ -204,8 +204,7 @@ def sweep(
     device the runs are split into one lane per core, run side by side. A diverging run
     gives NaN/inf in its own row only.
 
-    Example::
-
+    Examples:
       >>> def loss(w):
       ...     return jnp.sum((w - 1.0) ** 2)
       >>> s = jgd.sweep(loss, jnp.zeros(2), jgd.momentum,

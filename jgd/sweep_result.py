@@ -39,7 +39,7 @@ def _smooth(curve, points=200):
 
 @dataclasses.dataclass
 class SweepResult:
-    """The outcome of :func:`jgd.sweep` (plain numpy arrays; it pickles).
+    """The outcome of [`jgd.sweep`][jgd.sweep.sweep] (plain numpy arrays; it pickles).
 
     Every per-run field is shaped ``(*grid_shape, seeds, ...)``.
 
@@ -50,7 +50,7 @@ class SweepResult:
       final_loss: each run's last recorded training loss.
       best_loss, best_step: each run's ``Result.best_loss``/``best_step`` (the monitored
         metric's best value when ``evaluate`` has a ``monitor``, else the lowest training loss).
-      num_steps, converged, diverged, stopped_early: per run, as in :class:`jgd.Result`.
+      num_steps, converged, diverged, stopped_early: per run, as in [`jgd.Result`][jgd.Result].
       evals: metric name → ``(..., n_evals)`` held-out values at ``eval_steps``.
       aux: each run's ``Result.aux`` (with ``has_aux``).
       params, best_params: each run's final and best params (``keep_params=True``).
@@ -58,11 +58,10 @@ class SweepResult:
       monitor, mode: the evaluation's monitored metric and its mode.
       sampled: the points were sampled (``samples=N``): ``grid`` holds each axis's
         samples and the grid shape is ``(N,)``.
-      rung, steps_spent: with :func:`jgd.halving`, the last rung each configuration
+      rung, steps_spent: with [`jgd.halving`][jgd.halving.halving], the last rung each configuration
         reached and the run-steps of all configurations together (for one seed).
 
-    Example::
-
+    Examples:
       >>> s = jgd.sweep(lambda w: jnp.sum((w - 1.0) ** 2), jnp.zeros(2), jgd.sgd,
       ...               {"learning_rate": [0.01, 0.1, 10.0]}, seeds=2, steps=20)
       >>> s.losses.shape, s.params.shape  # (learning rates, seeds, ...)
@@ -119,7 +118,7 @@ class SweepResult:
         return self.final_loss.shape[:-1]
 
     def scores(self, by: str | None = None, mode: str | None = None):
-        """Each run's score for :meth:`best`: ``(scores, by, mode)``."""
+        """Each run's score for [`best()`][jgd.SweepResult.best]: ``(scores, by, mode)``."""
         if by is None:
             by = self.monitor if self.monitor is not None else "final_loss"
             default_mode = self.mode if self.monitor is not None else "min"
@@ -179,7 +178,7 @@ class SweepResult:
         return out
 
     def _columns(self):
-        """Name → per-point values shown by :meth:`table` (means over seeds)."""
+        """Name → per-point values shown by [`table()`][jgd.SweepResult.table] (means over seeds)."""
         columns = {"final loss": np.nanmean(np.where(np.isfinite(self.final_loss), self.final_loss, np.nan), -1)
                    if self.final_loss.size else self.final_loss}
         for name, values in self.evals.items():
@@ -192,11 +191,11 @@ class SweepResult:
         return columns
 
     def table(self, top: int | None = None) -> str:
-        """A text table, one row per grid point, sorted by :meth:`best`'s default score
+        """A text table, one row per grid point, sorted by [`best()`][jgd.SweepResult.best]'s default score
         (the best row marked ``*``): the hyperparameters; ``final loss``, the mean over
         seeds of each run's last training (mini-batch) loss; each eval metric's last
         recorded value; with a monitor ``best <metric>`` and ``best step``, the mean best
-        value and where it was reached; with :func:`jgd.halving` the ``rung`` each point
+        value and where it was reached; with [`jgd.halving`][jgd.halving.halving] the ``rung`` each point
         reached; ``seed std`` of the score; ``diverged`` where a run did."""
         import warnings
 

@@ -45,8 +45,7 @@ def apply_updates(params, updates):
     the wider of the two dtypes and cast back to the params' dtype (bf16 params with
     float32 updates round once), and it also works under strict dtype promotion.
 
-    Example::
-
+    Examples:
       >>> jgd.apply_updates({"w": jnp.ones(2, jnp.bfloat16)}, {"w": jnp.full(2, 0.5)})
       {'w': Array([1.5, 1.5], dtype=bfloat16)}
     """
@@ -73,8 +72,7 @@ def _check_transform(name, opt):
 def chain(*opts) -> optax.GradientTransformationExtraArgs:
     """Applies ``opts`` one after the other, like ``optax.chain``.
 
-    Example::
-
+    Examples:
       >>> opt = jgd.chain(jgd.clip_by_global_norm(1.0), jgd.adam(1e-3))
     """
     for i, opt in enumerate(opts):
@@ -102,10 +100,9 @@ def _stateless_init(hp, params):
 
 def clip_by_global_norm(max_norm) -> optax.GradientTransformationExtraArgs:
     r"""Rescales the updates so their global norm is at most ``max_norm``:
-    :math:`u \leftarrow u \cdot \min(1, c / \|u\|)`. Equals ``optax.clip_by_global_norm``.
+    $u \leftarrow u \cdot \min(1, c / \|u\|)$. Equals ``optax.clip_by_global_norm``.
 
-    Example::
-
+    Examples:
       >>> opt = jgd.chain(jgd.clip_by_global_norm(1.0), jgd.sgd(1.0))
       >>> updates, _ = opt.update(jnp.array([3.0, 4.0]), opt.init(jnp.zeros(2)))
       >>> updates  # the gradient (norm 5) rescaled to norm 1, then a step of -1
@@ -130,8 +127,7 @@ def _clip_norm_update(hp, updates, state, params=None, **extra):
 def clip(max_abs) -> optax.GradientTransformationExtraArgs:
     """Clips every coordinate to ``[-max_abs, max_abs]``. Equals ``optax.clip``.
 
-    Example::
-
+    Examples:
       >>> opt = jgd.clip(0.5)
       >>> opt.update(jnp.array([-2.0, 0.1, 3.0]), opt.init(jnp.zeros(3)))[0]
       Array([-0.5,  0.1,  0.5], dtype=float32)
@@ -152,10 +148,9 @@ def _clip_update(hp, updates, state, params=None, **extra):
 
 def add_decayed_weights(rate) -> optax.GradientTransformationExtraArgs:
     r"""Adds ``rate · params`` to the updates (L2 regularisation's gradient):
-    :math:`u \leftarrow u + \lambda x`. Equals ``optax.add_decayed_weights``.
+    $u \leftarrow u + \lambda x$. Equals ``optax.add_decayed_weights``.
 
-    Example::
-
+    Examples:
       >>> opt = jgd.chain(jgd.add_decayed_weights(0.1), jgd.sgd(1.0))  # SGD on f + 0.05‖x‖²
       >>> x = jnp.array([1.0, -2.0])
       >>> opt.update(jnp.zeros(2), opt.init(x), x)[0]
@@ -207,7 +202,7 @@ def accumulate(opt, every: int, *, use_grad_mean: bool = True, accumulator_dtype
     Averaging ``every`` micro-batch gradients then stepping equals one step on the whole
     batch. The state has ``optax.MultiSteps``' fields (``mini_step``, ``gradient_step``,
     ``inner_opt_state``, ``acc_grads``) and the same running mean
-    :math:`a \leftarrow (g + n\,a)/(n + 1)` (``use_grad_mean=False``: the sum), so the numbers
+    $a \leftarrow (g + n\,a)/(n + 1)$ (``use_grad_mean=False``: the sum), so the numbers
     are MultiSteps'. There is no ``lax.cond`` over whole trees: the inner update is computed
     each call and selected with ``jnp.where``, which XLA fuses.
 
@@ -217,8 +212,7 @@ def accumulate(opt, every: int, *, use_grad_mean: bool = True, accumulator_dtype
       use_grad_mean: average (True, as optax) or sum the micro-batch gradients.
       accumulator_dtype: ``acc_grads``' dtype (default: the params').
 
-    Example::
-
+    Examples:
       >>> opt = jgd.accumulate(jgd.adam(1e-3), every=4)
     """
     _check_transform("opt", opt)
@@ -232,14 +226,13 @@ def accumulate(opt, every: int, *, use_grad_mean: bool = True, accumulator_dtype
 
 def MultiSteps(opt, every_k_schedule, use_grad_mean: bool = True, should_skip_update_fn=None,
                accumulator_dtype=None):  # noqa: N802 - optax's spelling
-    """``optax.MultiSteps`` as optax spells it: :func:`accumulate` with ``every =
+    """``optax.MultiSteps`` as optax spells it: [`jgd.accumulate`][jgd.accumulate] with ``every =
     every_k_schedule`` (a Python int; a schedule of k is not supported).
 
     The result is already a gradient transformation (``.gradient_transformation()`` returns
     it too); ``jgd.MultiSteps.has_updated(state)`` is optax's.
 
-    Example::
-
+    Examples:
       >>> opt = jgd.MultiSteps(jgd.adam(1e-3), every_k_schedule=4)
       >>> opt.init(jnp.zeros(2)).mini_step
       Array(0, dtype=int32)
@@ -307,13 +300,12 @@ def skip_nonfinite(opt) -> optax.GradientTransformationExtraArgs:
 
     When any gradient entry or the loss passed as ``value=`` is NaN or infinite, the
     update is zero and the inner state is kept; ``state.skipped`` counts such steps.
-    Otherwise it is ``opt``'s update. Like :func:`accumulate` it selects with
+    Otherwise it is ``opt``'s update. Like [`jgd.accumulate`][jgd.accumulate] it selects with
     ``jnp.where`` rather than ``lax.cond`` over whole trees, and every state leaf keeps
     its dtype, so bf16 params with float32 gradients work (the case that broke optax's
     ``apply_if_finite`` and ``MultiSteps``, optax #377 and #1038).
 
-    Example::
-
+    Examples:
       >>> opt = jgd.skip_nonfinite(jgd.adam(1e-3))
       >>> params = jnp.zeros(2)
       >>> state = opt.init(params)

@@ -2,8 +2,8 @@
 
     python -m jgd.benchmark --opt adam,momentum --against optax,torch --tree many-leaf --params 1e7
 
-:func:`compare` times any optax/jgd optimizers and torch.optim contenders in interleaved
-rounds (donated buffers, compile time apart, spread reported); :func:`time_update` times
+[`jgd.benchmark.compare`][jgd.benchmark.compare] times any optax/jgd optimizers and torch.optim contenders in interleaved
+rounds (donated buffers, compile time apart, spread reported); [`jgd.benchmark.time_update`][jgd.benchmark.time_update] times
 one. ``benchmarks/update_step.py`` publishes the project's own table with them.
 """
 

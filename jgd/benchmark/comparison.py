@@ -113,7 +113,7 @@ def _quartiles(times):
 
 @dataclasses.dataclass
 class Comparison:
-    """What :func:`compare` measured: one row per contender (a dict), the machine, and
+    """What [`jgd.benchmark.compare`][jgd.benchmark.compare] measured: one row per contender (a dict), the machine, and
     the tree's size. ``table()`` renders the rows, ``to_json(path)`` and ``plot(path)``
     keep them.
 
@@ -226,8 +226,7 @@ def compare(
     Every carried buffer (params, state, grads) is donated; compile time is excluded
     from the step times and reported apart.
 
-    Example::
-
+    Examples:
       >>> import optax
       >>> from jgd.benchmark import compare, make_tree
       >>> result = compare({"jgd": jgd.momentum(1e-3), "optax": optax.sgd(1e-3, momentum=0.9)},

@@ -1,5 +1,5 @@
 """Timing one optimizer's jitted update step: the runners (compiled, donated steps)
-that :func:`jgd.benchmark.compare` interleaves, and :func:`time_update` for one rule."""
+that `jgd.benchmark.compare` interleaves, and `jgd.benchmark.time_update` for one rule."""
 
 from __future__ import annotations
 
@@ -145,7 +145,7 @@ def roofline_runner(size: int):
 
 
 def roofline_gb_per_s(size: int = 10_000_000, repeats: int = 20) -> float:
-    """Measured streaming bandwidth of :func:`roofline_runner`, in GB/s."""
+    """Measured streaming bandwidth of `roofline_runner`, in GB/s."""
     axpy, args = roofline_runner(size)
     seconds, _ = median_seconds(axpy, *args, repeats=repeats)
     return 3 * 4 * size / seconds / 1e9

@@ -76,8 +76,7 @@ def load_tree(spec: str, size: int = 1_000_000, dtype=None):
     {"shape": [d], "dtype": "bfloat16"}}`` or a list of the same). ``dtype`` casts every
     floating leaf.
 
-    Example::
-
+    Examples:
       >>> from jgd.benchmark import load_tree
       >>> {k: v.dtype.name for k, v in load_tree("tiny", dtype="bfloat16").items()}["w1"]
       'bfloat16'
