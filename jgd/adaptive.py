@@ -67,6 +67,15 @@ def adagrad(
 
     with $s_0$ = ``initial_accumulator_value``. Equals ``optax.adagrad``.
 
+    Args:
+      learning_rate: a number ``>= 0`` or a schedule ``count -> scalar`` (from [`jgd.schedules`][jgd.schedules]).
+      initial_accumulator_value: $s_0$, the starting sum of squares (``>= 0``).
+      eps: $\epsilon$ inside the square root (``>= 0``).
+      state_dtype: the moments' dtype (default: the params'); up (float32 for bf16 params) or down (half the memory).
+
+    Returns:
+      The rule (an `optax.GradientTransformationExtraArgs` whose numbers are pytree leaves).
+
     Examples:
       >>> opt = jgd.adagrad(0.1)
 
@@ -138,6 +147,21 @@ def rmsprop(
     arguments, in optax's order; ``initial_scale != 0``, ``eps_in_sqrt=False`` and
     ``bias_correction=True`` run optax's own rule through [`jgd.lift`][jgd.lift] (the same
     numbers, still one leaf per hyperparameter).
+
+    Args:
+      learning_rate: a number ``>= 0`` or a schedule ``count -> scalar`` (from [`jgd.schedules`][jgd.schedules]).
+      decay: $\rho$, the running average's decay in ``[0, 1)``.
+      eps: $\epsilon$ (``>= 0``), inside the square root (``eps_in_sqrt=True``) or added after it.
+      initial_scale: the running average's starting value $v_0$.
+      eps_in_sqrt: whether $\epsilon$ goes inside the square root (optax's default) or after it.
+      centered: divide by the centered second moment $v_t - m_t^2$ (Graves 2013).
+      momentum: ``None`` or the step accumulation's coefficient $\mu$ in ``[0, 1)``.
+      nesterov: Nesterov's form of the momentum (needs ``momentum``).
+      bias_correction: correct $v_t$ (and $m_t$) for their zero start, as Adam does.
+      state_dtype: the moments' dtype (default: the params'); up (float32 for bf16 params) or down (half the memory).
+
+    Returns:
+      The rule (an `optax.GradientTransformationExtraArgs` whose numbers are pytree leaves).
 
     Examples:
       >>> opt = jgd.rmsprop(1e-3, decay=0.9, centered=True)
@@ -255,6 +279,19 @@ def adam(
     meta-learning through the update needs; with the default ``0`` a coordinate whose
     gradients are all exactly zero still gets a zero (not NaN) hypergradient.
 
+    Args:
+      learning_rate: a number ``>= 0`` or a schedule ``count -> scalar`` (from [`jgd.schedules`][jgd.schedules]).
+      b1: $\beta_1$, the first moment's decay in ``[0, 1)``.
+      b2: $\beta_2$, the second moment's decay in ``[0, 1)``.
+      eps: $\epsilon$ added to the denominator (``>= 0``).
+      eps_root: $\epsilon_{root}$ added inside the square root (``>= 0``; for meta-learning).
+      mu_dtype: the first moment's dtype alone (optax's name); wins over ``state_dtype``.
+      nesterov: NAdam's look-ahead first moment (optax's ``adam(nesterov=True)``).
+      state_dtype: the moments' dtype (default: the params'); up (float32 for bf16 params) or down (half the memory).
+
+    Returns:
+      The rule (an `optax.GradientTransformationExtraArgs` whose numbers are pytree leaves).
+
     Examples:
       >>> opt = jgd.adam(3e-4)
       >>> state = opt.init({"w": jnp.zeros((2, 3))})
@@ -287,6 +324,21 @@ def adamw(
     decays only the leaves where it is True — e.g. not biases and norms. Equals
     ``optax.adamw`` (whose default $\lambda$ is also ``1e-4``), ``mask`` included;
     wrapping adamw in ``optax.masked`` would mask the whole update instead.
+
+    Args:
+      learning_rate: a number ``>= 0`` or a schedule ``count -> scalar`` (from [`jgd.schedules`][jgd.schedules]).
+      b1: $\beta_1$, the first moment's decay in ``[0, 1)``.
+      b2: $\beta_2$, the second moment's decay in ``[0, 1)``.
+      eps: $\epsilon$ added to the denominator (``>= 0``).
+      eps_root: $\epsilon_{root}$ added inside the square root (``>= 0``).
+      mu_dtype: the first moment's dtype alone (optax's name); wins over ``state_dtype``.
+      weight_decay: $\lambda$, the decoupled decay's strength (``>= 0``).
+      mask: ``None`` (decay every leaf), a pytree of bools like the params, or a function params → such a pytree.
+      nesterov: NAdam's look-ahead first moment.
+      state_dtype: the moments' dtype (default: the params'); up (float32 for bf16 params) or down (half the memory).
+
+    Returns:
+      The rule (an `optax.GradientTransformationExtraArgs` whose numbers are pytree leaves).
 
     Examples:
       >>> opt = jgd.adamw(1e-3, weight_decay=1e-2)

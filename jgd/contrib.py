@@ -14,13 +14,19 @@ from __future__ import annotations
 
 import optax.contrib
 
-from jgd.lift import lift
-from jgd.optax_zoo import alias_doc
+from jgd.optax_zoo import lift_alias
 
 
 def schedule_free_eval_params(state, params):
     """The point a schedule-free run is evaluated at, from its state and params
     (``optax.contrib.schedule_free_eval_params``; the state is optax's own).
+
+    Args:
+      state: the schedule-free rule's state.
+      params: the current params.
+
+    Returns:
+      The params to evaluate (a pytree like ``params``).
 
     Examples:
         >>> opt = jgd.contrib.schedule_free_sgd(0.1)
@@ -77,12 +83,8 @@ EXAMPLE_EXTRA = {"momo": _VALUE, "momo_adam": _VALUE, "reduce_on_plateau": _VALU
 
 
 def _alias(name: str):
-    factory = getattr(optax.contrib, name)
-    rule = lift(factory, static=STATIC.get(name, ()), elementwise=name in ELEMENTWISE, name=f"jgd.contrib.{name}")
-    rule.__module__ = __name__
-    rule.__doc__ = alias_doc(f"optax.contrib.{name}", f"jgd.contrib.{name}", SUMMARIES[name],
-                             EXAMPLE_ARGUMENTS.get(name, "1e-3"), name in ELEMENTWISE, EXAMPLE_EXTRA.get(name, ""))
-    return rule
+    return lift_alias(optax.contrib, name, "jgd.contrib.", SUMMARIES, EXAMPLE_ARGUMENTS, EXAMPLE_EXTRA, ELEMENTWISE,
+                      static=STATIC.get(name, ()))
 
 
 acprop = _alias("acprop")

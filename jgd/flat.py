@@ -48,6 +48,14 @@ def flat(opt, pack_below: int | None = None) -> optax.GradientTransformationExtr
     by global norm, the subgradient method's length and Polyak steps) sum in another
     order, so they agree to rounding.
 
+    Args:
+      opt: an elementwise jgd rule (or a chain of them).
+      pack_below: leaves with at least this many entries keep their own buffer;
+        ``None`` picks per platform, ``0`` packs all.
+
+    Returns:
+      The rule over buffers: its ``init``/``update`` take and give the params' tree.
+
     Examples:
       >>> opt = jgd.flat(jgd.adam(1e-3))
       >>> state = opt.init({"w": jnp.zeros((3, 2)), "b": jnp.zeros(2)})

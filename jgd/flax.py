@@ -38,6 +38,14 @@ class TrainState(train_state.TrainState):
 
     An optax closure given as ``tx`` is held through ``jgd.chain`` (one link: the same
     numbers), whose static part it becomes; only jgd rules' numbers are traced.
+
+    Attributes:
+      step: the number of ``apply_gradients`` calls so far.
+      apply_fn: the model's apply function (static, as flax's).
+      params: the params.
+      tx: the optimizer, a pytree node: its numbers are traced by ``jit``.
+      opt_state: ``tx``'s state.
+
     """
 
     tx: Any = struct.field(pytree_node=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import optax
 
+from jgd._docs import arguments_section
 from jgd.lift import lift
 
 __all__ = ["partition", "multi_transform", "masked", "freeze", "set_to_zero", "selective_transform"]
@@ -49,6 +50,8 @@ def _wrapper(factory, name):
         f"{WHAT[name]} (`optax.{name}`).\n\n"
         f"Same signature and numbers as `optax.{name}`; inner jgd optimizers are leaves (their numbers "
         "traced), labels and masks static and compared by value.\n\n"
+        + arguments_section(factory, factory, f"optax.{name}") + "\n"
+        + "Returns:\n    The wrapped rule, a jgd optimizer whose inner rules' numbers are leaves.\n\n"
         f"Examples:\n    >>> {_PARAMS}\n    >>> {EXAMPLES[name]}\n"
         "    >>> updates, state = opt.update(params, opt.init(params), params)\n"
     )

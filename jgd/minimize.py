@@ -48,6 +48,11 @@ class LoopState(NamedTuple):
     taken so far (the sampler's position, the evaluation schedule and the per-step keys
     all follow from it) and the best iterate so far.
 
+    Attributes:
+      opt_state: the optimizer's state.
+      step: the number of steps taken so far.
+      best: the best iterate so far (its params, value and step).
+
     Examples:
       >>> f = lambda w: jnp.sum((w - 1.0) ** 2)
       >>> first = jgd.minimize(f, jnp.zeros(2), jgd.adam(0.1), steps=30)
@@ -67,17 +72,33 @@ class LoopState(NamedTuple):
 class Result(NamedTuple):
     """The outcome of [`jgd.minimize`][jgd.minimize.minimize] (a pytree; it pickles and comes out of ``vmap``).
 
-    ``losses[t]`` is the loss of step ``t``'s batch at the params before step ``t``'s
-    update and ``grad_norms[t]`` its gradient's global norm; entries past the stop are NaN.
-    ``num_steps`` counts the recorded entries, the step that met ``tol`` or turned
-    non-finite included (no update is applied at that step). ``best_params`` are the
-    params with the lowest recorded loss (or, with ``Eval(monitor=...)``, the best value of
-    that metric; for a rule that reports a non-smooth term g, such as
-    ``proximal_gradient`` with a ``jgd.prox`` operator, the lowest f + g), ``best_loss`` that
-    value and ``best_step`` the number of steps taken to reach them. ``evals`` maps each
-    metric to its values at ``eval_steps`` (NaN past the stop). ``state`` and ``key`` continue the run: ``minimize(fun, r.params, opt,
-    init_state=r.state, key=r.key, ...)``. ``aux`` is the auxiliary output of the last
-    recorded step (``has_aux=True``), or of every step with ``record_aux=True``.
+    ``state`` and ``key`` continue the run: ``minimize(fun, r.params, opt,
+    init_state=r.state, key=r.key, ...)``. Per-step entries past the stop are NaN.
+
+    Attributes:
+      params: the params after the last step.
+      state: the [`jgd.LoopState`][jgd.LoopState] that continues the run.
+      key: the PRNG key that continues the run.
+      losses: ``(steps,)``: ``losses[t]`` is the loss of step ``t``'s batch at the params
+        before step ``t``'s update.
+      grad_norms: ``(steps,)``: that gradient's global norm.
+      num_steps: the recorded entries, the step that met ``tol`` or turned non-finite
+        included (no update is applied at that step).
+      converged: the run stopped on ``tol``.
+      diverged: the loss or gradient turned non-finite.
+      best_params: the params with the lowest recorded loss (or, with
+        ``Eval(monitor=...)``, the best value of that metric; for a rule that reports a
+        non-smooth term g, such as ``proximal_gradient`` with a ``jgd.prox`` operator, the
+        lowest f + g).
+      best_loss: that value.
+      aux: the auxiliary output of the last recorded step (``has_aux=True``), or of every
+        step with ``record_aux=True``.
+      stopped_early: an evaluation's ``patience`` ran out.
+      best_step: the number of steps taken to reach ``best_params``.
+      model_state: the model state after the last step (with ``model_state=``).
+      best_model_state: the model state that goes with ``best_params``.
+      evals: metric name → its values at ``eval_steps`` (NaN past the stop).
+      eval_steps: the steps at which the evaluations were made.
 
     Examples:
       >>> r = jgd.minimize(lambda w: jnp.sum(w ** 2), jnp.ones(2), jgd.sgd(0.1), steps=50, tol=1e-3)

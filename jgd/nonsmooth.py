@@ -46,6 +46,15 @@ def subgradient(
     the update is 0 (no 0/0).
     It is not a descent method: keep the best iterate (``jgd.minimize`` reports it).
 
+    Args:
+      learning_rate: $\eta$ (a number ``> 0``; for ``polyak``, the fraction of Polyak's step).
+      rule: the step rule: ``"constant"``, ``"length"``, ``"sqrt"``, ``"harmonic"`` or ``"polyak"``.
+      f_star: the optimal value $f^\star$ (or a lower bound), needed by ``rule="polyak"``.
+      max_learning_rate: ``None`` or a cap on Polyak's step.
+
+    Returns:
+      The rule (an `optax.GradientTransformationExtraArgs` whose numbers are pytree leaves).
+
     Examples:
       >>> f = lambda x: jnp.sum(jnp.abs(x - 1.0))  # non-smooth, f* = 0
       >>> opt = jgd.subgradient(1.0, rule="polyak", f_star=0.0)

@@ -15,8 +15,11 @@ Examples:
 
 from __future__ import annotations
 
+import functools
+
 import optax
 
+from jgd._docs import arguments_section
 from jgd.lift import lift
 
 # Rules whose update of a leaf depends on that leaf alone (jgd.flat may pack them); the
@@ -74,17 +77,23 @@ EXAMPLE_EXTRA = {"polyak_sgd": ", value=jnp.array(1.0)",
 
 
 def _alias(name: str):
-    factory = getattr(optax, name)
-    rule = lift(factory, elementwise=name in ELEMENTWISE, name=f"jgd.{name}")
-    rule.__module__ = __name__
-    rule.__doc__ = alias_doc(f"optax.{name}", f"jgd.{name}", SUMMARIES[name], EXAMPLE_ARGUMENTS.get(name, "1e-3"),
-                             name in ELEMENTWISE, EXAMPLE_EXTRA.get(name, ""))
+    return lift_alias(optax, name, "jgd.", SUMMARIES, EXAMPLE_ARGUMENTS, EXAMPLE_EXTRA, ELEMENTWISE)
+
+
+def lift_alias(module, name: str, prefix: str, summaries, example_arguments, example_extra, elementwise,
+               static=()):
+    """``module.<name>`` lifted as ``<prefix><name>``, documented from its summary and optax's arguments."""
+    rule = lift(getattr(module, name), static=static, elementwise=name in elementwise, name=f"{prefix}{name}")
+    rule.__module__ = f"jgd.{'contrib' if prefix.endswith('contrib.') else 'optax_zoo'}"
+    rule.__doc__ = alias_doc(f"{module.__name__}.{name}", f"{prefix}{name}", summaries[name],
+                             example_arguments.get(name, "1e-3"), name in elementwise, example_extra.get(name, ""))
     return rule
 
 
 def alias_doc(optax_name: str, jgd_name: str, summary: str, example_arguments: str, elementwise: bool,
               update_extra: str = "") -> str:
-    """The docstring of an optax alias: what it does, where its numbers come from, an example."""
+    """The docstring of an optax alias: what it does, where its numbers come from, optax's
+    arguments, an example."""
     flat = "" if elementwise else " It is not elementwise per leaf, so `jgd.flat` refuses it."
     lines = [f"opt = {jgd_name}({example_arguments})",
              'state = opt.init({"w": jnp.zeros((3, 2))})',
@@ -95,11 +104,16 @@ def alias_doc(optax_name: str, jgd_name: str, summary: str, example_arguments: s
         example = [f">>> {example[0]}", f">>> {example[1]}"] + [f"... {x}" for x in example[2:]]
     else:
         example = [f">>> {x}" for x in lines]
+    factory = functools.reduce(getattr, optax_name.split(".")[1:], optax)
+    arguments = arguments_section(factory, factory, optax_name)
     return (
         f"{summary[0].upper()}{summary[1:]}.\n\n"
         f"`{optax_name}` as a jgd rule: optax's signature, defaults and numbers (`init`/`update` run optax's own "
         "code), with every numeric argument a pytree leaf: one compilation for every value, `vmap` and "
-        f"`jax.grad` over it.{flat} See optax's documentation of `{optax_name}` for its arguments.\n\n"
+        f"`jax.grad` over it.{flat}\n\n"
+        + (f"{arguments}\n" if arguments else "")
+        + "Returns:\n    The rule: an optax `GradientTransformationExtraArgs` whose numeric arguments are pytree"
+        " leaves.\n\n"
         "Examples:\n" + "".join(f"    {x}\n" for x in example)
     )
 

@@ -62,6 +62,12 @@ def l1(strength):
     r"""Soft thresholding, the prox of $\lambda\|x\|_1$:
     $\operatorname{sign}(x)\max(|x| - \text{step}\cdot\lambda, 0)$.
 
+    Args:
+      strength: $\lambda$ (``>= 0``), a number or a pytree like the params.
+
+    Returns:
+      The operator ``prox(x, step)``, a pytree whose numbers are leaves.
+
     Example: ``jgd.proximal_gradient(lr, prox=jgd.prox.l1(0.1))`` solves the Lasso.
     """
     _check_strength("strength", strength, lower=0.0)
@@ -77,7 +83,15 @@ def _soft_threshold(strength, x, step):
 
 
 def l2(strength):
-    r"""The prox of $\frac{\lambda}{2}\|x\|^2$: $x / (1 + \text{step}\cdot\lambda)$."""
+    r"""The prox of $\frac{\lambda}{2}\|x\|^2$: $x / (1 + \text{step}\cdot\lambda)$.
+
+    Args:
+      strength: $\lambda$ (``>= 0``), a number or a pytree like the params.
+
+    Returns:
+      The operator ``prox(x, step)``, a pytree whose numbers are leaves.
+
+    """
     _check_strength("strength", strength, lower=0.0)
     return jax.tree_util.Partial(_shrink, strength)
 
@@ -87,7 +101,12 @@ def _shrink(strength, x, step):
 
 
 def nonnegative():
-    """Projection onto the non-negative orthant, the prox of its indicator."""
+    r"""Projection onto the non-negative orthant, the prox of its indicator.
+
+    Returns:
+      The operator ``prox(x, step)``, a pytree whose numbers are leaves.
+
+    """
     return jax.tree_util.Partial(_nonnegative)
 
 
@@ -97,7 +116,16 @@ def _nonnegative(x, step):
 
 
 def box(lower, upper):
-    """Projection onto ``[lower, upper]`` (scalars or pytrees like ``x``)."""
+    """Projection onto ``[lower, upper]`` (scalars or pytrees like ``x``).
+
+    Args:
+      lower: the lower bound, a number or a pytree like ``x``.
+      upper: the upper bound, likewise (``>= lower``).
+
+    Returns:
+      The operator ``prox(x, step)``, a pytree whose numbers are leaves.
+
+    """
     for name, value in (("lower", lower), ("upper", upper)):
         _check_strength(name, value)
     concrete = not any(_is_tree(v) or isinstance(v, jax.core.Tracer) for v in (lower, upper))
@@ -114,7 +142,15 @@ def _box(lower, upper, x, step):
 
 def l2_ball(radius):
     r"""Projection onto the Euclidean ball of ``radius`` (the whole pytree as one vector):
-    $x \cdot \min(1, r / \|x\|)$."""
+    $x \cdot \min(1, r / \|x\|)$.
+
+    Args:
+      radius: the ball's radius (``>= 0``).
+
+    Returns:
+      The operator ``prox(x, step)``, a pytree whose numbers are leaves.
+
+    """
     check_scalar("radius", radius, lower=0.0)
     return jax.tree_util.Partial(_l2_ball, radius)
 
@@ -131,6 +167,13 @@ def objective(prox, x):
     """The non-smooth term ``g(x)`` whose prox ``prox`` is, when ``prox`` is one of this
     module's operators (``l1``: λ‖x‖₁, ``l2``: (λ/2)‖x‖², the projections: 0 inside the set
     and ``inf`` outside); ``None`` for any other function (then the loop knows only f).
+
+    Args:
+      prox: a proximal operator.
+      x: the point (a pytree like the params).
+
+    Returns:
+      $g(x)$ as a scalar, or ``None`` when ``prox`` is not one of this module's.
 
     Examples:
       >>> float(jgd.prox.objective(jgd.prox.l1(0.5), jnp.array([1.0, -2.0])))

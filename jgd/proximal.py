@@ -76,6 +76,16 @@ def proximal_gradient(learning_rate=None, prox=None, accelerated: bool = False) 
     ``update``. ``prox(x, step)`` is any function from [`jgd.prox`][jgd.prox] or your own;
     ``None`` is the identity (plain gradient descent / Nesterov's method).
 
+    Args:
+      learning_rate: the step $\eta$ (``<= 1/L`` for f with an L-Lipschitz gradient), a schedule,
+        or ``None`` to find it by backtracking (needs ``value_fn`` in ``update``).
+      prox: the proximal operator ``prox(x, step) -> x'`` of $h$ (``jgd.prox.l1(λ)``, ``box``, ...);
+        ``None`` is plain gradient descent.
+      accelerated: FISTA (``True``) or ISTA (``False``).
+
+    Returns:
+      The rule (an `optax.GradientTransformationExtraArgs` whose numbers are pytree leaves).
+
     Examples:
       >>> A = jnp.array([[2.0, 0.0], [0.0, 1.0]])
       >>> smooth = lambda x: 0.5 * jnp.sum((A @ x - jnp.array([2.0, 0.05])) ** 2)

@@ -21,12 +21,15 @@ Examples:
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
+from jgd._docs import arguments_section
 from jgd._transform import check_scalar, scalar_dtype
 
 __all__ = ["constant", "linear", "cosine_decay", "warmup_cosine_decay", "exponential_decay",
@@ -402,3 +405,21 @@ def linear_onecycle_schedule(transition_steps, peak_value, pct_start=0.3, pct_fi
     ``linear_onecycle_schedule``)."""
     return _onecycle("linear", transition_steps, peak_value, div_factor,
                      [(pct_start, div_factor), (pct_final, 1.0 / div_factor), (1, 1.0 / final_div_factor)])
+
+
+def _document_arguments():
+    """Each schedule's ``Args:`` in optax's words (same names and meanings as optax's)."""
+    for name in __all__:
+        schedule = globals()[name]
+        optax_name = "join_schedules" if name == "join" else name if name in _OPTAX_SAME else f"{name}_schedule"
+        doc = schedule.__doc__ or ""
+        if "Args:" in doc or not hasattr(optax, optax_name) or getattr(schedule, "__name__", name) != name:
+            continue  # documented by hand, or an alias of a class documented under its own name
+        body, examples = (doc.split("\n    Examples:", 1) + [""])[:2]
+        arguments = textwrap.indent(arguments_section(schedule, getattr(optax, optax_name), f"optax.{optax_name}"), "    ")
+        schedule.__doc__ = body.rstrip() + "\n\n" + arguments + ("\n    Examples:" + examples if examples else "")
+
+
+_OPTAX_SAME = {"exponential_decay", "join_schedules", "sgdr_schedule", "cosine_onecycle_schedule",
+               "linear_onecycle_schedule", "warmup_constant_schedule", "warmup_exponential_decay_schedule"}
+_document_arguments()

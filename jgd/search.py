@@ -37,6 +37,10 @@ def _number(name, value):
 class uniform(Distribution):
     """Uniform on ``[low, high)``.
 
+    Args:
+      low: the lower end.
+      high: the upper end (``> low``).
+
     Examples:
       >>> jgd.uniform(0.0, 0.99).sample(jax.random.key(0), 3).shape
       (3,)
@@ -57,6 +61,10 @@ class uniform(Distribution):
 
 class loguniform(Distribution):
     """Uniform in ``log`` on ``[low, high)``, ``0 < low < high`` (learning rates, decays).
+
+    Args:
+      low: the lower end (``> 0``).
+      high: the upper end (``> low``).
 
     Examples:
       >>> lrs = jgd.loguniform(1e-4, 1.0).sample(jax.random.key(0), 1000)
@@ -82,6 +90,9 @@ class loguniform(Distribution):
 
 class choice(Distribution):
     """Uniform over ``values``.
+
+    Args:
+      values: the values to draw from (a non-empty sequence of numbers).
 
     Examples:
       >>> sorted(set(jgd.choice([0.0, 0.5]).sample(jax.random.key(0), 50).tolist()))

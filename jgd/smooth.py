@@ -40,6 +40,9 @@ def sgd(learning_rate, momentum=None, nesterov: bool = False, accumulator_dtype=
       nesterov: Nesterov's look-ahead form (needs ``momentum``).
       accumulator_dtype: the momentum trace's dtype (default: the params').
 
+    Returns:
+      The rule (an `optax.GradientTransformationExtraArgs` whose numbers are pytree leaves).
+
     Examples:
       >>> import jax.numpy as jnp, jgd
       >>> opt = jgd.sgd(0.1)
@@ -98,6 +101,9 @@ def momentum(
       mu_dtype: the same, under optax's name for a first moment (``accumulator_dtype``
         in ``optax.sgd``); wins over ``state_dtype``.
 
+    Returns:
+      The rule (an `optax.GradientTransformationExtraArgs` whose numbers are pytree leaves).
+
     Examples:
       >>> opt = jgd.momentum(1e-2, beta=0.9)
       >>> state = opt.init({"w": jnp.zeros(3)})
@@ -129,6 +135,15 @@ def nesterov(learning_rate, beta=0.9, *, state_dtype=None, mu_dtype=None):
     $$
     m_t = g_t + \beta m_{t-1}, \qquad u_t = -\eta_t (g_t + \beta m_t).
     $$
+
+    Args:
+      learning_rate: a number ``>= 0`` or a schedule ``count -> scalar`` (from [`jgd.schedules`][jgd.schedules]).
+      beta: the momentum coefficient in ``[0, 1)``.
+      state_dtype: the trace's dtype (default: the params').
+      mu_dtype: the first moment's dtype alone (optax's name); wins over ``state_dtype``.
+
+    Returns:
+      The rule (an `optax.GradientTransformationExtraArgs` whose numbers are pytree leaves).
 
     Examples:
       >>> opt = jgd.nesterov(0.1, beta=0.5)

@@ -48,18 +48,27 @@ class SweepResult:
       hparams: each hyperparameter's value at every grid point, shaped ``grid_shape``.
       losses: ``(..., steps)`` training losses (each step's mini-batch), NaN past the stop.
       final_loss: each run's last recorded training loss.
-      best_loss, best_step: each run's ``Result.best_loss``/``best_step`` (the monitored
-        metric's best value when ``evaluate`` has a ``monitor``, else the lowest training loss).
-      num_steps, converged, diverged, stopped_early: per run, as in [`jgd.Result`][jgd.Result].
+      best_loss: each run's ``Result.best_loss`` (the monitored metric's best value when
+        ``evaluate`` has a ``monitor``, else the lowest training loss).
+      best_step: each run's ``Result.best_step``, where ``best_loss`` was reached.
+      num_steps: per run, as in [`jgd.Result`][jgd.Result].
+      converged: per run, as in [`jgd.Result`][jgd.Result].
+      diverged: per run, as in [`jgd.Result`][jgd.Result].
+      stopped_early: per run, as in [`jgd.Result`][jgd.Result].
       evals: metric name → ``(..., n_evals)`` held-out values at ``eval_steps``.
+      eval_steps: the steps of those evaluations.
       aux: each run's ``Result.aux`` (with ``has_aux``).
-      params, best_params: each run's final and best params (``keep_params=True``).
-      model_state, best_model_state: likewise, when a model state is given.
-      monitor, mode: the evaluation's monitored metric and its mode.
+      params: each run's final params (``keep_params=True``).
+      best_params: each run's best params (``keep_params=True``).
+      model_state: each run's final model state, when a model state is given.
+      best_model_state: the model state that goes with ``best_params``.
+      monitor: the evaluation's monitored metric.
+      mode: ``"min"`` or ``"max"``, the monitor's mode.
       sampled: the points were sampled (``samples=N``): ``grid`` holds each axis's
         samples and the grid shape is ``(N,)``.
-      rung, steps_spent: with [`jgd.halving`][jgd.halving.halving], the last rung each configuration
-        reached and the run-steps of all configurations together (for one seed).
+      rung: with [`jgd.halving`][jgd.halving.halving], the last rung each configuration reached.
+      steps_spent: with [`jgd.halving`][jgd.halving.halving], the run-steps of all configurations
+        together (for one seed).
 
     Examples:
       >>> s = jgd.sweep(lambda w: jnp.sum((w - 1.0) ** 2), jnp.zeros(2), jgd.sgd,

@@ -45,6 +45,13 @@ def apply_updates(params, updates):
     the wider of the two dtypes and cast back to the params' dtype (bf16 params with
     float32 updates round once), and it also works under strict dtype promotion.
 
+    Args:
+      params: the params (a pytree).
+      updates: the updates, a pytree like ``params``.
+
+    Returns:
+      The new params, with the params' dtypes.
+
     Examples:
       >>> jgd.apply_updates({"w": jnp.ones(2, jnp.bfloat16)}, {"w": jnp.full(2, 0.5)})
       {'w': Array([1.5, 1.5], dtype=bfloat16)}
@@ -102,6 +109,12 @@ def clip_by_global_norm(max_norm) -> optax.GradientTransformationExtraArgs:
     r"""Rescales the updates so their global norm is at most ``max_norm``:
     $u \leftarrow u \cdot \min(1, c / \|u\|)$. Equals ``optax.clip_by_global_norm``.
 
+    Args:
+      max_norm: $c$, the largest global norm (``> 0``; a leaf).
+
+    Returns:
+      The rule (an `optax.GradientTransformationExtraArgs` whose numbers are pytree leaves).
+
     Examples:
       >>> opt = jgd.chain(jgd.clip_by_global_norm(1.0), jgd.sgd(1.0))
       >>> updates, _ = opt.update(jnp.array([3.0, 4.0]), opt.init(jnp.zeros(2)))
@@ -127,6 +140,12 @@ def _clip_norm_update(hp, updates, state, params=None, **extra):
 def clip(max_abs) -> optax.GradientTransformationExtraArgs:
     """Clips every coordinate to ``[-max_abs, max_abs]``. Equals ``optax.clip``.
 
+    Args:
+      max_abs: the largest absolute value of a coordinate (``> 0``; a leaf).
+
+    Returns:
+      The rule (an `optax.GradientTransformationExtraArgs` whose numbers are pytree leaves).
+
     Examples:
       >>> opt = jgd.clip(0.5)
       >>> opt.update(jnp.array([-2.0, 0.1, 3.0]), opt.init(jnp.zeros(3)))[0]
@@ -149,6 +168,12 @@ def _clip_update(hp, updates, state, params=None, **extra):
 def add_decayed_weights(rate) -> optax.GradientTransformationExtraArgs:
     r"""Adds ``rate · params`` to the updates (L2 regularisation's gradient):
     $u \leftarrow u + \lambda x$. Equals ``optax.add_decayed_weights``.
+
+    Args:
+      rate: $\lambda$ (``>= 0``; a leaf).
+
+    Returns:
+      The rule (an `optax.GradientTransformationExtraArgs` whose numbers are pytree leaves).
 
     Examples:
       >>> opt = jgd.chain(jgd.add_decayed_weights(0.1), jgd.sgd(1.0))  # SGD on f + 0.05‖x‖²
@@ -232,6 +257,16 @@ def MultiSteps(opt, every_k_schedule, use_grad_mean: bool = True, should_skip_up
     The result is already a gradient transformation (``.gradient_transformation()`` returns
     it too); ``jgd.MultiSteps.has_updated(state)`` is optax's.
 
+    Args:
+      opt: the rule applied every ``every_k_schedule`` steps to the accumulated gradient.
+      every_k_schedule: k, a Python int ``>= 1``.
+      use_grad_mean: apply the mean (``True``) or the sum of the k gradients.
+      should_skip_update_fn: not supported (must be ``None``; see [`jgd.skip_nonfinite`][jgd.skip_nonfinite]).
+      accumulator_dtype: the accumulated gradient's dtype (default: the gradients').
+
+    Returns:
+      The rule (an `optax.GradientTransformationExtraArgs` whose numbers are pytree leaves).
+
     Examples:
       >>> opt = jgd.MultiSteps(jgd.adam(1e-3), every_k_schedule=4)
       >>> opt.init(jnp.zeros(2)).mini_step
@@ -304,6 +339,12 @@ def skip_nonfinite(opt) -> optax.GradientTransformationExtraArgs:
     ``jnp.where`` rather than ``lax.cond`` over whole trees, and every state leaf keeps
     its dtype, so bf16 params with float32 gradients work (the case that broke optax's
     ``apply_if_finite`` and ``MultiSteps``, optax #377 and #1038).
+
+    Args:
+      opt: the rule to protect.
+
+    Returns:
+      The rule (an `optax.GradientTransformationExtraArgs` whose numbers are pytree leaves).
 
     Examples:
       >>> opt = jgd.skip_nonfinite(jgd.adam(1e-3))

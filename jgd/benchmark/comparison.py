@@ -124,6 +124,14 @@ class Comparison:
     grads and state read, params and state written); ``gb_per_s``; ``pct_roofline`` (of
     the donated axpy timed in the same rounds); ``compile_seconds`` (None for torch);
     ``state_bytes``; ``times_us`` (every timed call).
+
+    Attributes:
+      rows: one dict per contender, with the fields above.
+      baseline: the name of the contender the ratios divide by.
+      num_params: the tree's number of entries.
+      num_leaves: the tree's number of leaves.
+      roofline_gb_per_s: the streaming bandwidth of a donated axpy, measured in the same rounds.
+      machine: the machine: platform, device, cores, versions.
     """
 
     rows: list[dict]

@@ -115,7 +115,21 @@ def time_update(
     of ``repeats``). Returns µs/step, the bytes one step must move (params, grads and
     state read; params and state written), the achieved GB/s and, with ``roofline``,
     the streaming bandwidth of a donated axpy over as many floats measured right after
-    (``roofline_gb_per_s``) and the step's share of it (``pct_roofline``)."""
+    (``roofline_gb_per_s``) and the step's share of it (``pct_roofline``).
+
+    Args:
+      opt: the rule to time.
+      params: the params it updates (gradients are drawn like them).
+      repeats: timed calls; the median is reported.
+      warmup: untimed calls after compiling.
+      steps_per_call: updates per timed call (a scan), to amortise dispatch.
+      roofline: also measure the machine's streaming bandwidth.
+
+    Returns:
+      A dict: ``us_per_step``, ``bytes_per_step``, ``gb_per_s`` and, with ``roofline``,
+      ``roofline_gb_per_s`` and ``pct_roofline``.
+
+    """
     step, args = update_runner(opt, params, steps_per_call=steps_per_call)
     seconds, _ = median_seconds(step, *args, repeats=repeats, warmup=warmup)
     moved = bytes_per_step(opt, params)

@@ -76,6 +76,14 @@ def load_tree(spec: str, size: int = 1_000_000, dtype=None):
     {"shape": [d], "dtype": "bfloat16"}}`` or a list of the same). ``dtype`` casts every
     floating leaf.
 
+    Args:
+      spec: a built-in tree's name, ``MODULE:FUNCTION`` or a ``.json`` path.
+      size: a built-in tree's approximate number of entries.
+      dtype: ``None`` or the dtype every floating leaf is cast to.
+
+    Returns:
+      The params, a pytree of arrays.
+
     Examples:
       >>> from jgd.benchmark import load_tree
       >>> {k: v.dtype.name for k, v in load_tree("tiny", dtype="bfloat16").items()}["w1"]
