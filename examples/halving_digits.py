@@ -73,6 +73,8 @@ def main(configs, steps, min_steps, eta=3, repeats=1, init=init_mlp):
     best = half.best()
     print(f"halving's pick: learning_rate={best['learning_rate']:.4g} beta={best['beta']:.3f} "
           f"weight_decay={best['weight_decay']:.2e} (rung {half.rung[best['index'][0]]})")
+    half.plot("halving.png")  # every configuration's score against its learning rate, coloured by the rung it reached
+    print("wrote halving.png")
     return rows
 
 

@@ -258,11 +258,21 @@ class SweepResult:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
+            # on a grid, the other axes' values get a line style each, so (e.g.) beta's runs tell apart
+            others = [n for n in names if n != first] if not (self.sampled or self.rung is not None) else []
+            styles = ["-", "--", ":", "-."]
             for index in np.ndindex(*self.grid_shape):
                 x, y = _smooth(np.nanmean(np.where(np.isfinite(self.losses[index]), self.losses[index], np.nan), 0))
                 is_best = index == best
-                curves.plot(x, y, color="black" if is_best else cmap(norm(first_values[index])),
+                style = styles[int(np.ravel_multi_index(index[1:], self.grid_shape[1:])) % 4] if others else "-"
+                curves.plot(x, y, color="black" if is_best else cmap(norm(first_values[index])), ls=style,
                             lw=1.8 if is_best else 0.6, alpha=1.0 if is_best else 0.6, zorder=3 if is_best else 2)
+            for other in np.ndindex(*self.grid_shape[1:]) if others and len(others) <= 2 else ():
+                label = ", ".join(f"{n}={self.grid[n][i]:g}" for n, i in zip(others, other))
+                curves.plot([], [], color="grey", ls=styles[int(np.ravel_multi_index(other, self.grid_shape[1:])) % 4],
+                            label=label)
+            if others:
+                curves.legend(fontsize=7, title="line style")
         curves.set(yscale="log", xlabel="step", ylabel="training loss (mean over seeds, smoothed)",
                    title=f"training curves by {first}")
         fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=curves, label=first)
@@ -288,7 +298,7 @@ class SweepResult:
                 colour = None if self.rung is None else self.rung
                 drawn = scores.scatter(axis, np.nanmean(runs, -1), c=colour, s=12, label=by)
                 if self.rung is not None:
-                    fig.colorbar(drawn, ax=scores, label="rung reached")
+                    fig.colorbar(drawn, ax=scores, label="rung reached", ticks=range(int(np.max(self.rung)) + 1))
             else:
                 for other in np.ndindex(*runs.shape[:-2]):
                     r = runs[other]
@@ -299,7 +309,9 @@ class SweepResult:
             scores.plot([self.hparams[first][best]], [mean[best]], "k*", ms=12, label="best")
         positive = np.nanmin(runs) > 0 if np.isfinite(runs).any() else False
         scores.set(xscale="log" if np.all(axis > 0) else "linear", yscale="log" if positive and by.endswith("loss") else "linear",
-                   xlabel=first, ylabel=by, title=f"{by} per run (seed min-max shaded)")
+                   xlabel=first, ylabel=f"{by} (mean over seeds)" if by.endswith("loss") or self.monitor is None
+                   else f"held-out {by} (mean over seeds)", title=f"{by} per configuration" if self.sampled or self.rung is not None
+                   else f"{by} per point (seed min-max shaded)")
         scores.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(path, dpi=110)

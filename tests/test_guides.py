@@ -52,3 +52,11 @@ def test_every_code_block_runs_and_prints_what_the_page_shows(page, tmp_path):
     for i, ((_, shown), printed) in enumerate(zip(blocks(page), outputs)):
         if shown is not None:
             assert printed == shown, f"{page.name}, block {i}: printed {printed!r}, the page shows {shown!r}"
+
+
+def test_code_lines_fit_the_code_box():
+    """The site's code box shows 80 characters at a laptop's width: longer lines scroll."""
+    long = [f"{page.relative_to(ROOT)}: {line}" for page in PAGES
+            for language, body in BLOCK.findall(page.read_text()) if language in ("python", "bash")
+            for line in body.splitlines() if len(line) > 80]
+    assert not long, "\n".join(long)

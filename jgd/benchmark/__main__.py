@@ -92,13 +92,15 @@ def _plot(results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    trees = list(dict.fromkeys(r["tree"] for r in results))
-    rules = list(dict.fromkeys(r["rule"] for r in results))
-    figure, axes = plt.subplots(len(trees), len(rules), figsize=(3.2 * len(rules) + 1, 3.2 * len(trees)), squeeze=False)
-    for r in results:
-        ax = axes[trees.index(r["tree"])][rules.index(r["rule"])]
+    # at most two panels a row, so the chart stays legible at a page's width
+    columns = min(2, len(results))
+    rows = -(-len(results) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.4 * rows), squeeze=False)
+    for ax, r in zip(axes.flat, results):
         r["comparison"].plot(ax=ax)
-        ax.set_title(f"{r['tree']}: {r['rule']}", fontsize=9)
+        ax.set_title(f"{r['tree']}: {r['rule']}", fontsize=10)
+    for ax in axes.flat[len(results):]:
+        ax.set_visible(False)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
