@@ -39,5 +39,5 @@ def arguments_section(function, optax_factory, optax_name: str) -> str:
         text = documented.get(name, f"as `{optax_name}`'s `{name}` (optax does not document it).")
         first, *rest = text.splitlines()
         lines.append(f"    {name}: {first}")
-        lines.extend(f"      {line.strip()}" for line in rest)
+        lines.extend(f"        {line.strip()}" for line in rest)  # griffe: twice the entries' indent
     return "Args:\n" + "\n".join(lines) + "\n" if lines else ""
