@@ -83,7 +83,7 @@ EXAMPLE_EXTRA = {"momo": _VALUE, "momo_adam": _VALUE, "reduce_on_plateau": _VALU
 
 
 def _alias(name: str):
-    return lift_alias(optax.contrib, name, "jgd.contrib.", SUMMARIES, EXAMPLE_ARGUMENTS, EXAMPLE_EXTRA, ELEMENTWISE,
+    return lift_alias(optax.contrib, name, __name__, "jgd.contrib.", SUMMARIES, EXAMPLE_ARGUMENTS, EXAMPLE_EXTRA, ELEMENTWISE,
                       static=STATIC.get(name, ()))
 
 

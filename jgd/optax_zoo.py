@@ -15,8 +15,6 @@ Examples:
 
 from __future__ import annotations
 
-import functools
-
 import optax
 
 from jgd._docs import arguments_section
@@ -77,20 +75,22 @@ EXAMPLE_EXTRA = {"polyak_sgd": ", value=jnp.array(1.0)",
 
 
 def _alias(name: str):
-    return lift_alias(optax, name, "jgd.", SUMMARIES, EXAMPLE_ARGUMENTS, EXAMPLE_EXTRA, ELEMENTWISE)
+    return lift_alias(optax, name, __name__, "jgd.", SUMMARIES, EXAMPLE_ARGUMENTS, EXAMPLE_EXTRA, ELEMENTWISE)
 
 
-def lift_alias(module, name: str, prefix: str, summaries, example_arguments, example_extra, elementwise,
+def lift_alias(module, name: str, home: str, prefix: str, summaries, example_arguments, example_extra, elementwise,
                static=()):
-    """``module.<name>`` lifted as ``<prefix><name>``, documented from its summary and optax's arguments."""
-    rule = lift(getattr(module, name), static=static, elementwise=name in elementwise, name=f"{prefix}{name}")
-    rule.__module__ = f"jgd.{'contrib' if prefix.endswith('contrib.') else 'optax_zoo'}"
-    rule.__doc__ = alias_doc(f"{module.__name__}.{name}", f"{prefix}{name}", summaries[name],
+    """``module.<name>`` lifted as ``<prefix><name>`` of module ``home``, documented from its
+    summary and optax's arguments."""
+    factory = getattr(module, name)
+    rule = lift(factory, static=static, elementwise=name in elementwise, name=f"{prefix}{name}")
+    rule.__module__ = home
+    rule.__doc__ = alias_doc(factory, f"{module.__name__}.{name}", f"{prefix}{name}", summaries[name],
                              example_arguments.get(name, "1e-3"), name in elementwise, example_extra.get(name, ""))
     return rule
 
 
-def alias_doc(optax_name: str, jgd_name: str, summary: str, example_arguments: str, elementwise: bool,
+def alias_doc(factory, optax_name: str, jgd_name: str, summary: str, example_arguments: str, elementwise: bool,
               update_extra: str = "") -> str:
     """The docstring of an optax alias: what it does, where its numbers come from, optax's
     arguments, an example."""
@@ -104,7 +104,6 @@ def alias_doc(optax_name: str, jgd_name: str, summary: str, example_arguments: s
         example = [f">>> {example[0]}", f">>> {example[1]}"] + [f"... {x}" for x in example[2:]]
     else:
         example = [f">>> {x}" for x in lines]
-    factory = functools.reduce(getattr, optax_name.split(".")[1:], optax)
     arguments = arguments_section(factory, factory, optax_name)
     return (
         f"{summary[0].upper()}{summary[1:]}.\n\n"
