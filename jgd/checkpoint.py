@@ -18,7 +18,9 @@ import warnings
 import jax
 import numpy as np
 
-__all__ = ["Saver", "fingerprint_of", "sweep_fingerprint"]
+from jgd._arguments import _check_int
+
+__all__ = ["Saver", "fingerprint_of", "sweep_fingerprint", "check_segments", "unfilled"]
 
 
 def _orbax():
@@ -134,8 +136,9 @@ def _jsonable(value):
     return value
 
 
-def _check_segments(steps, save_dir, save_every, evaluate):
-    from jgd._arguments import _check_int
+def check_segments(steps, save_dir, save_every, evaluate):
+    """``save_every`` checked against the run's ``steps`` and evaluation schedule, and the
+    evaluations' spacing (None without ``evaluate``)."""
 
     if save_dir is None or save_every is None:
         raise ValueError(f"save_dir and save_every go together, got save_dir={save_dir!r}, save_every={save_every!r}")
@@ -153,128 +156,8 @@ def _check_segments(steps, save_dir, save_every, evaluate):
     return save_every, every
 
 
-def minimize_saved(fun, params, opt, *, steps, save_dir, save_every, key, init_state, evaluate,
-                   model_state, has_aux, record_aux, progress, **kwargs):
-    """``minimize`` in segments of ``save_every`` steps, saved after each (DESIGN §5)."""
-    from jgd._arguments import _as_key, _check_int
-    from jgd.flat import layout
-    from jgd.minimize import LoopState, Result, initial_state, minimize
-    from jgd.sweep import unfilled
-
-    steps = _check_int("steps", steps, 1)
-    save_every, every = _check_segments(steps, save_dir, save_every, evaluate)
-    if layout(opt, params) is not None:
-        raise ValueError("save_dir does not take a jgd.flat optimizer yet; save the inner rule's run instead")
-    if init_state is not None and not isinstance(init_state, LoopState):
-        raise ValueError("with save_dir, init_state must be a Result.state (a jgd.LoopState) or None")
-    key = _as_key(key)
-    segment = dict(kwargs, evaluate=evaluate, has_aux=has_aux, record_aux=record_aux, key=key)
-    start = init_state if init_state is not None else initial_state(
-        fun, params, opt, model_state=model_state, steps=save_every, **segment)
-    one = jax.eval_shape(lambda p, s, m: minimize(fun, p, opt, steps=save_every, init_state=s, model_state=m,
-                                                  **segment), params, start, model_state)
-    n_evals = 0 if evaluate is None else steps // every
-    records = {
-        "losses": np.full((steps,), np.nan, one.losses.dtype),
-        "grad_norms": np.full((steps,), np.nan, one.grad_norms.dtype),
-        "evals": {k: np.full((n_evals,), np.nan, v.dtype) for k, v in (one.evals or {}).items()},
-        "aux": unfilled(jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), one.aux), (steps,))
-        if record_aux else unfilled(one.aux),
-        "flags": np.zeros(3, bool),  # converged, diverged, stopped_early
-        "num_steps": np.zeros((), np.int32),
-    }
-    carry = {"params": params, "model_state": model_state, "loop": start}
-    as_numpy = lambda tree: jax.tree.map(np.asarray, tree)  # noqa: E731
-    saver = Saver(save_dir, fingerprint_of(
-        kind="minimize", steps=steps, save_every=save_every, params=params, model_state=model_state,
-        key=key, optimizer=opt, data=kwargs.get("data"), batch_size=kwargs.get("batch_size"),
-        microbatches=kwargs.get("microbatches", 1), start=start.step))
-    try:
-        saved, done = saver.restore({"carry": as_numpy(carry), "records": records})
-        if saved is not None:
-            carry, records = saved["carry"], saved["records"]
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=steps, initial=done, desc="minimize (resumed)" if done else "minimize")
-        while done < steps and not records["flags"].any():
-            r = minimize(fun, carry["params"], opt, steps=save_every, init_state=carry["loop"],
-                         model_state=carry["model_state"], **segment)
-            r = as_numpy(r._replace(key=None))
-            records["losses"][done:done + save_every] = r.losses
-            records["grad_norms"][done:done + save_every] = r.grad_norms
-            for name, values in records["evals"].items():
-                values[done // every: (done + save_every) // every] = r.evals[name]
-            if record_aux:
-                jax.tree.map(lambda dst, src: dst.__setitem__(slice(done, done + save_every), src), records["aux"], r.aux)
-            else:
-                records["aux"] = r.aux
-            records["flags"] = np.array([r.converged, r.diverged, r.stopped_early])
-            records["num_steps"] = records["num_steps"] + r.num_steps
-            carry = {"params": r.params, "model_state": r.model_state, "loop": r.state}
-            done = steps if records["flags"].any() else done + save_every
-            saver.save(done, {"carry": carry, "records": records})
-            if bar is not None:
-                bar.update(done - bar.n)
-        if bar is not None:
-            bar.close()
-    finally:
-        saver.close()
-    loop = carry["loop"]
-    first = None if evaluate is None else (int(start.step) // every + 1) * every
-    return Result(
-        params=carry["params"], state=loop, key=key, losses=records["losses"], grad_norms=records["grad_norms"],
-        num_steps=records["num_steps"], converged=records["flags"][0], diverged=records["flags"][1],
-        best_params=loop.best.params, best_loss=loop.best.value, aux=records["aux"] if has_aux else None,
-        stopped_early=records["flags"][2], best_step=loop.best.step, model_state=carry["model_state"],
-        best_model_state=loop.best.model_state, evals=None if evaluate is None else records["evals"],
-        eval_steps=None if evaluate is None else first + every * np.arange(n_evals, dtype=np.int32),
-    )
-
-
-def sweep_saved(fun, params, factory, names, run_points, key_data, key_impl, chunk_size, keep_params,
-                minimize_kwargs, *, save_dir, save_every, fingerprint, carried=None, return_carry=False):
-    """``sweep``'s runs in segments of ``save_every`` steps, every segment the same program
-    continuing each run, saved after each: ``{field: (runs, ...)}`` as ``_run`` returns.
-    ``carried`` continues runs that have already run (a halving's survivors);
-    ``return_carry`` also returns what the runs continue from."""
-    from jgd.sweep import _run, empty_store, initial_carry, record_segment
-
-    steps = minimize_kwargs["steps"]
-    evaluate = minimize_kwargs.get("evaluate")
-    save_every, every = _check_segments(steps, save_dir, save_every, evaluate)
-    segment_kwargs = {**minimize_kwargs, "steps": save_every}
-    if carried is None:
-        carried = initial_carry(fun, params, factory, names, run_points, key_data, key_impl, segment_kwargs)
-    runs = run_points.shape[0]
-    store = None
-    saver = Saver(save_dir, fingerprint_of(**fingerprint, save_every=save_every))
-    try:
-        like = None
-        done = 0
-        saver.manager.reload()
-        if saver.manager.all_steps():
-            # The saved state's structure: one segment's outputs, abstractly.
-            spec = _run(fun, params, factory, names, run_points, key_data, key_impl, chunk_size, keep_params,
-                        segment_kwargs, carried=carried, emit_carry=True, abstract=True)
-            like = {"carried": carried, "store": empty_store(spec, runs, steps, every)}
-            saved, done = saver.restore(like)
-            if saved is not None:
-                carried, store = saved["carried"], saved["store"]
-        while done < steps:
-            out = _run(fun, params, factory, names, run_points, key_data, key_impl, chunk_size, keep_params,
-                       segment_kwargs, carried=carried, emit_carry=True)
-            if store is None:
-                store = empty_store(out, runs, steps, every)
-            rows = np.flatnonzero(~store["stopped"])  # a stopped run stays stopped, as in one minimize call
-            record_segment(store, out, rows, rows, done, save_every, every)
-            store["stopped"][rows] |= (out["converged"] | out["diverged"] | out["stopped_early"])[rows]
-            jax.tree.map(lambda old, new: old.__setitem__(rows, new[rows]), carried, out["carried"])
-            done += save_every
-            if store["stopped"].all():
-                done = steps
-            saver.save(done, {"carried": carried, "store": store})
-    finally:
-        saver.close()
-    return (store, carried) if return_carry else store
+def unfilled(spec, prefix=()):
+    """Host arrays shaped ``prefix + spec.shape`` for every leaf of ``spec``: NaN where
+    floating, 0 otherwise (what a record holds until it is written)."""
+    return jax.tree.map(lambda s: np.full(prefix + tuple(s.shape), np.nan if np.issubdtype(s.dtype, np.inexact) else 0,
+                                          s.dtype), spec)

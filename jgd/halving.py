@@ -11,9 +11,9 @@ import jax
 import numpy as np
 
 from jgd._arguments import _as_key, _check_bool, _check_int
-from jgd.checkpoint import sweep_fingerprint, sweep_saved
+from jgd.checkpoint import sweep_fingerprint
 from jgd.evaluation import Eval
-from jgd.sweep import _check_kwargs, _run, empty_store, grid_points, record_segment, run_keys
+from jgd.sweep import _check_kwargs, _run, empty_store, grid_points, record_segment, run_keys, sweep_saved
 from jgd.sweep_result import SweepResult
 
 __all__ = ["halving"]

@@ -16,6 +16,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jgd._arguments import _as_key, _check_bool, _check_int
+from jgd.checkpoint import Saver, check_segments, fingerprint_of, sweep_fingerprint, unfilled
 from jgd.evaluation import Eval
 from jgd.minimize import initial_state, minimize
 from jgd.search import Distribution, sample_grid
@@ -233,8 +234,6 @@ def sweep(
     if save_dir is None and save_every is None:
         result = _run(*args)
     else:
-        from jgd.checkpoint import sweep_fingerprint, sweep_saved
-
         result = sweep_saved(*args, save_dir=save_dir, save_every=save_every,
                              fingerprint=sweep_fingerprint("sweep", args, grid=points, seeds=seeds, key=key))
         result.pop("stopped", None)
@@ -346,13 +345,6 @@ def _initial_program(fun, init_fn, factory, names, key_impl, state_fn, evaluatio
     return jax.jit(jax.vmap(one, in_axes=(0, 0, None, None, None, None)))
 
 
-def unfilled(spec, prefix=()):
-    """Host arrays shaped ``prefix + spec.shape`` for every leaf of ``spec``: NaN where
-    floating, 0 otherwise (what a record holds until it is written)."""
-    return jax.tree.map(lambda s: np.full(prefix + tuple(s.shape), np.nan if np.issubdtype(s.dtype, np.inexact) else 0,
-                                          s.dtype), spec)
-
-
 def empty_store(out, runs, steps, every):
     """Arrays for every run's whole outputs (``(runs, ...)``, per-step records ``steps``
     long, evaluations ``steps // every``), NaN (floating) or 0 until written; ``out`` is
@@ -462,3 +454,48 @@ def _program(fun, init_fn, factory, names, chunk, kwargs, key_impl, state_fn, ha
         )(points, keys, carried, *shared)
 
     return program
+
+
+def sweep_saved(fun, params, factory, names, run_points, key_data, key_impl, chunk_size, keep_params,
+                minimize_kwargs, *, save_dir, save_every, fingerprint, carried=None, return_carry=False):
+    """``sweep``'s runs in segments of ``save_every`` steps, every segment the same program
+    continuing each run, saved after each: ``{field: (runs, ...)}`` as ``_run`` returns.
+    ``carried`` continues runs that have already run (a halving's survivors);
+    ``return_carry`` also returns what the runs continue from."""
+    steps = minimize_kwargs["steps"]
+    evaluate = minimize_kwargs.get("evaluate")
+    save_every, every = check_segments(steps, save_dir, save_every, evaluate)
+    segment_kwargs = {**minimize_kwargs, "steps": save_every}
+    if carried is None:
+        carried = initial_carry(fun, params, factory, names, run_points, key_data, key_impl, segment_kwargs)
+    runs = run_points.shape[0]
+    store = None
+    saver = Saver(save_dir, fingerprint_of(**fingerprint, save_every=save_every))
+    try:
+        like = None
+        done = 0
+        saver.manager.reload()
+        if saver.manager.all_steps():
+            # The saved state's structure: one segment's outputs, abstractly.
+            spec = _run(fun, params, factory, names, run_points, key_data, key_impl, chunk_size, keep_params,
+                        segment_kwargs, carried=carried, emit_carry=True, abstract=True)
+            like = {"carried": carried, "store": empty_store(spec, runs, steps, every)}
+            saved, done = saver.restore(like)
+            if saved is not None:
+                carried, store = saved["carried"], saved["store"]
+        while done < steps:
+            out = _run(fun, params, factory, names, run_points, key_data, key_impl, chunk_size, keep_params,
+                       segment_kwargs, carried=carried, emit_carry=True)
+            if store is None:
+                store = empty_store(out, runs, steps, every)
+            rows = np.flatnonzero(~store["stopped"])  # a stopped run stays stopped, as in one minimize call
+            record_segment(store, out, rows, rows, done, save_every, every)
+            store["stopped"][rows] |= (out["converged"] | out["diverged"] | out["stopped_early"])[rows]
+            jax.tree.map(lambda old, new: old.__setitem__(rows, new[rows]), carried, out["carried"])
+            done += save_every
+            if store["stopped"].all():
+                done = steps
+            saver.save(done, {"carried": carried, "store": store})
+    finally:
+        saver.close()
+    return (store, carried) if return_carry else store

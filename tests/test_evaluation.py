@@ -165,7 +165,7 @@ def test_resume_with_evaluation_is_bit_exact():
 def test_evaluation_compiles_once_for_new_data_and_learning_rates():
     import importlib
 
-    loop = importlib.import_module("jgd.minimize")._loop
+    loop = importlib.import_module("jgd._drivers").to_the_end
     evaluate = jgd.Eval(val_metrics, (X_VAL, Y_VAL), every=10)
     run(20, jgd.sgd(0.01), evaluate=evaluate)
     before = loop._cache_size()
