@@ -45,6 +45,14 @@ def _check_bool(name, value):
 
 
 
+def _is_init_function(value) -> bool:
+    """Whether sweep's ``params`` (or ``model_state``) is an init function ``key -> tree``:
+    a callable that is not a pytree holding arrays (an ``eqx.Module`` from
+    ``eqx.partition`` is callable, and it is params)."""
+    return callable(value) and not any(isinstance(leaf, (jax.Array, np.ndarray, np.generic))
+                                       for leaf in jax.tree.leaves(value))
+
+
 def _check_params(params):
     leaves = jax.tree.leaves(params)
     if not leaves:

@@ -21,9 +21,9 @@ from jgd import checkpoint
 from jgd._engine import Engine, LoopState, Result, initial_state, shapes
 from jgd._transform import unwrap
 
-# Steps per host call of ``loop="host"``, unrolled: enough to amortise the call, few
-# enough that the program compiles quickly.
-HOST_STEPS = 4
+# Steps per host call of ``loop="host"``, as straight-line code: enough to amortise the
+# call, few enough that the program compiles quickly (benchmarks/host_loop.py).
+HOST_STEPS = 2
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -88,18 +88,18 @@ def _host_result(config, opt, key, data, eval_data, tol, c):
 
 
 def on_the_host(config, opt, params, model_state, state, key, data, eval_data, tol, bar=None) -> Result:
-    """The run's segments called from Python: ``HOST_STEPS`` straight-line steps a call,
-    the segment's end (evaluation, the stopping test) a call; one host sync a segment."""
-    shared = jax.device_put((opt, key, data, eval_data, tol))
-    opt, key, data, eval_data, tol = shared
+    """The run's segments called from Python: ``host_steps(config)`` straight-line steps
+    a call (one compiled program), the segment's end (evaluation, the stopping test) a
+    call; one host sync a segment."""
+    opt, key, data, eval_data, tol = jax.device_put((opt, key, data, eval_data, tol))
     c = _host_initial(config, opt, params, model_state, state, key, data, eval_data, tol)
     start = int(c.start)
-    end, t, segment = start + config.steps, start, config.segment
+    end, t, segment, length = start + config.steps, start, config.segment, host_steps(config)
     while t < end:
         segment_end = min(end, (t // segment + 1) * segment)
-        for first in range(t, segment_end, HOST_STEPS):
-            c = _host_steps(config, opt, key, data, eval_data, tol, c, np.int32(first), np.int32(segment_end),
-                            min(HOST_STEPS, segment_end - first))
+        # steps past segment_end (a segment cut short by the end) run masked, as in the device loop
+        for first in range(t, segment_end, length):
+            c = _host_steps(config, opt, key, data, eval_data, tol, c, np.int32(first), np.int32(segment_end), length)
         c, running, loss = _host_conclude(config, opt, key, data, eval_data, tol, c, np.int32(segment_end))
         t = segment_end
         if bar is not None:
@@ -108,6 +108,12 @@ def on_the_host(config, opt, params, model_state, state, key, data, eval_data, t
         if not bool(running):
             break
     return _host_result(config, opt, key, data, eval_data, tol, c)
+
+
+def host_steps(config) -> int:
+    """Steps per host call: the largest divisor of the segment up to ``HOST_STEPS`` (so
+    every call is the same program and no step is computed in vain but at the end)."""
+    return max(k for k in range(1, min(HOST_STEPS, config.segment) + 1) if config.segment % k == 0)
 
 
 def run(config, opt, params, model_state, state, key, data, eval_data, tol, *, loop="device", bar=None):

@@ -175,14 +175,22 @@ class Engine:
 
     def advance(self, c: Carry, first, length: int, segment_end, unroll: int | bool = 1) -> Carry:
         """Steps ``first, …, first + length − 1`` (those before ``segment_end`` and the
-        stop), their records written at their offsets. ``unroll=True`` unrolls them into
+        stop), their records written at their offsets. ``unroll=True`` writes them as
         straight-line code (no while loop: XLA:CPU runs convolutions slowly inside one)."""
         def body(s, inputs):
             index, key = inputs
             batch = self.data if index is None else _sampling.gather(self.data, index)
             return step(self.context, s, segment_end, batch, key)
 
-        s, record = jax.lax.scan(body, c.step, self._inputs(first, length), length=length, unroll=unroll)
+        inputs = self._inputs(first, length)
+        if unroll is True:  # a Python loop: a scan of length 1 would still be a while loop
+            s, records = c.step, []
+            for i in range(length):
+                s, row = body(s, jax.tree.map(lambda x: x[i], inputs))
+                records.append(row)
+            record = jax.tree.map(lambda *rows: jnp.stack(rows), *records)
+        else:
+            s, record = jax.lax.scan(body, c.step, inputs, length=length, unroll=unroll)
         offset = first - c.start
         write = lambda buffer, rows: jax.lax.dynamic_update_slice_in_dim(buffer, rows, offset, 0)  # noqa: E731
         aux = jax.tree.map(write, c.aux, record[2]) if self.config.record_aux else None

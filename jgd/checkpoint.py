@@ -18,7 +18,7 @@ import warnings
 import jax
 import numpy as np
 
-from jgd._arguments import _check_int
+from jgd._arguments import _check_int, _is_init_function
 
 __all__ = ["Saver", "fingerprint_of", "sweep_fingerprint", "check_segments", "unfilled"]
 
@@ -59,7 +59,7 @@ def sweep_fingerprint(kind: str, run_args: tuple, *, grid, seeds: int, key, **ex
     """The configuration of a saved sweep (or halving rung) from the arguments of its
     runs (as ``sweep._run`` takes them): what another call must match to resume."""
     _, params, factory, names, _, key_data, key_impl, _, keep_params, kwargs = run_args
-    if callable(params):  # an init function: the shapes it makes
+    if _is_init_function(params):  # an init function: the shapes it makes
         params = jax.eval_shape(params, jax.random.wrap_key_data(key_data[0], impl=key_impl))
     return dict(kind=kind, steps=kwargs["steps"], grid=grid, names=list(names), seeds=seeds, key=key,
                 factory=getattr(factory, "__qualname__", repr(factory)), params=params,

@@ -54,6 +54,7 @@ def halving(
     keep_params: bool = True,
     save_dir=None,
     save_every: int | None = None,
+    progress: bool = False,
     **minimize_kwargs,
 ) -> SweepResult:
     """Successive halving over ``grid`` (or ``samples`` points of it), each rung ONE program.
@@ -82,6 +83,8 @@ def halving(
         ``save_dir/rung<r>`` (orbax-checkpoint); called again, finished rungs are read
         back and the interrupted one resumes from its newest checkpoint, so the result
         equals an uninterrupted halving.
+      progress: show a tqdm bar over the rungs, advanced from the host after each, with
+        the configurations still in the race.
 
     Returns a [`jgd.SweepResult`][jgd.SweepResult] over all configurations (grid shape ``(N,)``),
     with ``rung`` (the last rung each reached) and ``steps_spent`` (the run-steps of all
@@ -110,6 +113,7 @@ def halving(
     if chunk_size is not None:
         chunk_size = _check_int("chunk_size", chunk_size, 1)
     _check_bool("keep_params", keep_params)
+    _check_bool("progress", progress)
     if not isinstance(evaluate, Eval):
         raise TypeError(f"halving needs evaluate=jgd.Eval(..., monitor=...) to rank by, got {evaluate!r}")
     if evaluate.monitor is None:
@@ -146,10 +150,34 @@ def halving(
             raise ValueError(f"save_every={save_every} must divide every rung's budget {budgets} and be a "
                              f"multiple of evaluate.every={every}")
 
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(budgets), desc=f"halving {num} configurations", unit="rung")
+    try:
+        store, rung, spent = _rungs(fun, params, factory, names, points, seeds, seed_keys, key_impl, chunk_size,
+                                    keep_params, minimize_kwargs, evaluate, budgets, every, save_dir, save_every,
+                                    key, steps, eta, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    store = jax.tree.map(lambda x: x.reshape((num, seeds) + x.shape[1:]), store)
+    store["eval_steps"] = every * np.arange(1, steps // every + 1, dtype=np.int32)
+    return SweepResult.from_runs(store, grid=axes, hparams=hparams, sampled=True, monitor=evaluate.monitor,
+                                 mode=evaluate.mode, rung=rung, steps_spent=int(spent))
+
+
+def _rungs(fun, params, factory, names, points, seeds, seed_keys, key_impl, chunk_size, keep_params, minimize_kwargs,
+           evaluate, budgets, every, save_dir, save_every, key, steps, eta, bar):
+    """The rungs, one after another: every run's records, the last rung each reached and the run-steps spent."""
+    num = points.shape[0]
     alive = np.arange(num)
     rung = np.zeros(num, np.int32)
     carried, store, done, spent = None, None, 0, 0
     for r, budget in enumerate(budgets):
+        if bar is not None:
+            bar.set_postfix(configurations=alive.size, steps=budget)
         run_steps = budget - done
         args = (fun, params, factory, names, np.repeat(points[alive], seeds, axis=0), run_keys(seed_keys, alive.size),
                 key_impl, chunk_size, keep_params, {**minimize_kwargs, "steps": run_steps, "evaluate": evaluate})
@@ -165,6 +193,8 @@ def halving(
         rung[alive] = r
         spent += alive.size * run_steps
         done = budget
+        if bar is not None:
+            bar.update(1)
         if r == len(budgets) - 1:
             break
         score = out["evals"][evaluate.monitor][:, -1].reshape(alive.size, seeds)  # at the rung's end
@@ -177,7 +207,4 @@ def halving(
 
     assert store is not None  # there is always a rung
     store.pop("stopped")
-    store = jax.tree.map(lambda x: x.reshape((num, seeds) + x.shape[1:]), store)
-    store["eval_steps"] = every * np.arange(1, steps // every + 1, dtype=np.int32)
-    return SweepResult.from_runs(store, grid=axes, hparams=hparams, sampled=True, monitor=evaluate.monitor,
-                                 mode=evaluate.mode, rung=rung, steps_spent=int(spent))
+    return store, rung, spent

@@ -40,7 +40,7 @@ __all__ = ["minimize", "Result", "LoopState"]
 # amortised, short enough that the masked tail of the last segment costs little.
 _SEGMENT = 32
 
-_LOOPS = ("device", "host")
+_LOOPS = ("device", "host", "auto")
 
 
 def minimize(
@@ -125,8 +125,10 @@ def minimize(
         steps as compiled segments of straight-line steps called from Python (one
         compilation for every hyperparameter value, the same ``Result`` to float
         rounding), for models XLA runs slowly inside a compiled loop: convolutions on
-        XLA:CPU (jax#12868) ran 14–20× faster this way. Not under ``jit``, ``vmap`` or
-        ``grad`` (a host loop cannot be traced) nor with ``differentiable``.
+        XLA:CPU (jax#12868) ran 8–10× faster this way (benchmarks/host_loop.py). Not under ``jit``, ``vmap`` or
+        ``grad`` (a host loop cannot be traced) nor with ``differentiable``. ``"auto"``:
+        the host loop when the backend is CPU and ``fun`` uses convolutions, else the
+        device loop.
 
     The loop also stops when the loss turns non-finite (``diverged=True``, no exception).
 
@@ -158,6 +160,9 @@ def minimize(
                          "one program that autodiff goes through; use loop='device'")
     user_params, user_opt = params, opt
     _check_params(params)
+    if loop == "auto":
+        loop = _auto_loop(fun, params, model_state, data, batch_size, microbatches, with_key, differentiable,
+                          (opt, init_state, key, tol, evaluate))
     buffers = layout(opt, params)
     if buffers is not None:  # jgd.flat: the whole run on the params as buffers
         if saving:
@@ -173,7 +178,7 @@ def minimize(
                  microbatches=microbatches, key=key, tol=tol, has_aux=has_aux,
                  model_state=model_state, with_key=with_key, evaluate=evaluate,
                  record_aux=record_aux, progress=progress and loop == "device" and not saving,
-                 differentiable=differentiable, checkpoint_every=checkpoint_every)
+                 differentiable=differentiable, checkpoint_every=checkpoint_every, loop=loop)
     traced = _linearized(params, run.opt, data, model_state, init_state, run.eval_data)
     if not differentiable and traced:
         raise ValueError(
@@ -206,6 +211,39 @@ def minimize(
     return result
 
 
+def _auto_loop(fun, params, model_state, data, batch_size, microbatches, with_key, differentiable, rest) -> str:
+    """``loop="auto"``: the host loop for a loss with convolutions on XLA:CPU, which runs
+    them 8–10× slower inside a compiled loop than in straight-line code (jax#12868;
+    benchmarks/host_loop.py); the device loop otherwise, and under a transformation."""
+    leaves = jax.tree.leaves((params, model_state, data, rest))
+    if differentiable or jax.default_backend() != "cpu" or any(isinstance(x, jax.core.Tracer) for x in leaves):
+        return "device"
+    try:
+        args = [params] + ([model_state] if model_state is not None else [])
+        if data is not None:
+            size = (batch_size or _leading_size("data", data)) // max(int(microbatches), 1)
+            args.append(jax.tree.map(lambda x: jax.ShapeDtypeStruct((size,) + np.shape(x)[1:], x.dtype), data))
+        if with_key:
+            args.append(jax.random.key(0))
+        jaxpr = jax.make_jaxpr(fun)(*args)
+    except Exception:  # noqa: BLE001 - a loss that does not trace: _setup's checks say why
+        return "device"
+    return "host" if _uses(jaxpr.jaxpr, "conv_general_dilated") else "device"
+
+
+def _uses(jaxpr, primitive: str) -> bool:
+    """Whether ``jaxpr`` (or one nested in it: jit, custom_vjp, scan, cond...) uses ``primitive``."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == primitive:
+            return True
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns") and _uses(inner, primitive):
+                    return True
+    return False
+
+
 class _Setup(NamedTuple):
     config: Any
     opt: Any
@@ -216,7 +254,7 @@ class _Setup(NamedTuple):
 
 def _setup(fun, params, opt, *, steps, data, batch_size, microbatches, key, tol, has_aux,
            model_state, with_key, evaluate, record_aux, progress, differentiable=False,
-           checkpoint_every=None) -> _Setup:
+           checkpoint_every=None, loop="device") -> _Setup:
     """Validates minimize's arguments (clear errors at the boundary) and builds the static
     configuration of the compiled loop."""
     if not callable(fun):
@@ -273,6 +311,10 @@ def _setup(fun, params, opt, *, steps, data, batch_size, microbatches, key, tol,
     elif not isinstance(tol, jax.core.Tracer):
         tol = np.asarray(tol, np.float32)
     segment = evaluation.every if evaluation is not None else math.ceil(steps / math.ceil(steps / _SEGMENT))
+    if loop == "host" and evaluation is None:
+        # without evaluations the segment's length changes no result (steps are masked
+        # past a stop); the host loop takes one that its calls divide
+        segment = min(steps, _SEGMENT)
     if checkpoint_every is not None:
         # a segment is the unit of rematerialisation; evaluations stay on segment ends
         segment = checkpoint_every if evaluation is None else math.gcd(evaluation.every, checkpoint_every)

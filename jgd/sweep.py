@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jgd._arguments import _as_key, _check_bool, _check_int
+from jgd._arguments import _as_key, _check_bool, _check_int, _is_init_function
 from jgd.checkpoint import Saver, check_segments, fingerprint_of, sweep_fingerprint, unfilled
 from jgd.evaluation import Eval
 from jgd.minimize import initial_state, minimize
@@ -138,7 +138,7 @@ def _cpu_lanes():
 def _check_kwargs(minimize_kwargs):
     for name in minimize_kwargs:
         if name not in _PASSED:
-            if name in ("key", "init_state", "progress"):
+            if name in ("key", "init_state"):
                 raise TypeError(f"sweep does not take {name}= (pass key= to sweep itself)")
             raise TypeError(
                 f"sweep got an unexpected keyword {name}=; it takes fun, params, factory, grid, "
@@ -166,6 +166,7 @@ def sweep(
     keep_params: bool = True,
     save_dir=None,
     save_every: int | None = None,
+    progress: bool = False,
     **minimize_kwargs,
 ) -> SweepResult:
     """Runs [`jgd.minimize`][jgd.minimize.minimize] for every point of ``grid`` × ``seeds`` as ONE program.
@@ -193,6 +194,9 @@ def sweep(
         ``save_dir`` after each (orbax-checkpoint); called again with the same
         ``save_dir``, the sweep resumes from the newest complete checkpoint and its
         result equals an uninterrupted sweep bit for bit.
+      progress: show a tqdm bar over the steps, advanced from the host: the runs go in
+        up to 10 segments (each the same compiled program continuing every run; a
+        multiple of ``evaluate.every``), or in the segments of ``save_every``.
       **minimize_kwargs: ``steps`` and any of ``data``, ``batch_size``,
         ``microbatches``, ``tol``, ``has_aux``, ``model_state`` (a pytree or a function
         ``key -> model_state``), ``with_key``, ``evaluate``, ``record_aux``, as for
@@ -224,6 +228,7 @@ def sweep(
     if chunk_size is not None:
         chunk_size = _check_int("chunk_size", chunk_size, 1)
     _check_bool("keep_params", keep_params)
+    _check_bool("progress", progress)
     _check_kwargs(minimize_kwargs)
     key = _as_key(key)
     points, grid_shape, axes, hparams = grid_points(factory, grid, samples, key)
@@ -231,12 +236,27 @@ def sweep(
     args = (fun, params, factory, tuple(axes), np.repeat(points, seeds, axis=0),
             run_keys(seed_keys, points.shape[0]), jax.random.key_impl(seed_keys), chunk_size,
             keep_params, minimize_kwargs)
-    if save_dir is None and save_every is None:
-        result = _run(*args)
-    else:
-        result = sweep_saved(*args, save_dir=save_dir, save_every=save_every,
-                             fingerprint=sweep_fingerprint("sweep", args, grid=points, seeds=seeds, key=key))
-        result.pop("stopped", None)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=minimize_kwargs["steps"], desc=f"sweep of {len(args[4])} runs")
+    try:
+        if save_dir is None and save_every is None and not progress:
+            result = _run(*args)
+        elif save_dir is None and save_every is None:
+            evaluate = minimize_kwargs.get("evaluate")
+            steps = minimize_kwargs["steps"]
+            every = 1 if evaluate is None else (evaluate.every or steps)
+            result = sweep_segments(*args, segment=progress_segment(steps, every), bar=bar)
+            result.pop("stopped", None)
+        else:
+            result = sweep_saved(*args, save_dir=save_dir, save_every=save_every, bar=bar,
+                                 fingerprint=sweep_fingerprint("sweep", args, grid=points, seeds=seeds, key=key))
+            result.pop("stopped", None)
+    finally:
+        if bar is not None:
+            bar.close()
     out = jax.tree.map(lambda x: x.reshape(grid_shape + (seeds,) + x.shape[1:]), result)
     evaluate = minimize_kwargs.get("evaluate")
     return SweepResult.from_runs(
@@ -267,7 +287,7 @@ def _run(fun, params, factory, names, run_points, key_data, key_impl, chunk_size
     per_device = -(-runs // num_devices)
     if carried is not None:
         params_spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), carried["params"])
-    elif callable(params):
+    elif _is_init_function(params):
         params_spec = jax.eval_shape(params, jax.random.wrap_key_data(key_data[0], impl=key_impl))
     else:
         params_spec = params
@@ -287,15 +307,15 @@ def _run(fun, params, factory, names, run_points, key_data, key_impl, chunk_size
     eval_data = None if evaluate is None else evaluate.data
     evaluation = None if evaluate is None else evaluate.static(kwargs["steps"])
     tol = kwargs.pop("tol", None)
-    program = _program(fun, params if callable(params) and carried is None else None, factory, names, chunk,
+    program = _program(fun, params if _is_init_function(params) and carried is None else None, factory, names, chunk,
                        tuple(sorted(kwargs.items())), key_impl,
-                       model_state if callable(model_state) and carried is None else None,
+                       model_state if _is_init_function(model_state) and carried is None else None,
                        model_state is not None, evaluation, keep_params, tol is not None, carried is not None,
                        emit_carry)
     mesh = Mesh(np.asarray(devices), ("runs",))
     shard = NamedSharding(mesh, PartitionSpec("runs"))
     replicated = NamedSharding(mesh, PartitionSpec())
-    fixed = lambda x: None if callable(x) or carried is not None else x  # noqa: E731
+    fixed = lambda x: None if _is_init_function(x) or carried is not None else x  # noqa: E731
     shared = jax.tree.map(lambda x: _put(np.asarray(x), replicated),
                           (fixed(params), fixed(model_state), data, eval_data, tol))
     lane_size = total // lanes
@@ -320,11 +340,11 @@ def initial_carry(fun, params, factory, names, run_points, key_data, key_impl, m
     model_state, evaluate = kwargs.pop("model_state", None), kwargs.pop("evaluate", None)
     data, eval_data = kwargs.pop("data", None), None if evaluate is None else evaluate.data
     kwargs.pop("tol", None)
-    program = _initial_program(fun, params if callable(params) else None, factory, names, key_impl,
-                               model_state if callable(model_state) else None,
+    program = _initial_program(fun, params if _is_init_function(params) else None, factory, names, key_impl,
+                               model_state if _is_init_function(model_state) else None,
                                None if evaluate is None else evaluate.static(kwargs["steps"]),
                                tuple(sorted(kwargs.items())))
-    fixed = lambda x: None if callable(x) else x  # noqa: E731
+    fixed = lambda x: None if _is_init_function(x) else x  # noqa: E731
     out = program(run_points, key_data, fixed(params), fixed(model_state), data, eval_data)
     return jax.tree.map(lambda x: np.array(x), out)
 
@@ -457,23 +477,37 @@ def _program(fun, init_fn, factory, names, chunk, kwargs, key_impl, state_fn, ha
 
 
 def sweep_saved(fun, params, factory, names, run_points, key_data, key_impl, chunk_size, keep_params,
-                minimize_kwargs, *, save_dir, save_every, fingerprint, carried=None, return_carry=False):
-    """``sweep``'s runs in segments of ``save_every`` steps, every segment the same program
-    continuing each run, saved after each: ``{field: (runs, ...)}`` as ``_run`` returns.
-    ``carried`` continues runs that have already run (a halving's survivors);
-    ``return_carry`` also returns what the runs continue from."""
+                minimize_kwargs, *, save_dir, save_every, fingerprint, carried=None, return_carry=False, bar=None):
+    """``sweep``'s runs in segments of ``save_every`` steps, saved after each (see
+    ``sweep_segments``)."""
+    save_every, _ = check_segments(minimize_kwargs["steps"], save_dir, save_every, minimize_kwargs.get("evaluate"))
+    saver = Saver(save_dir, fingerprint_of(**fingerprint, save_every=save_every))
+    try:
+        return sweep_segments(fun, params, factory, names, run_points, key_data, key_impl, chunk_size, keep_params,
+                              minimize_kwargs, segment=save_every, saver=saver, carried=carried,
+                              return_carry=return_carry, bar=bar)
+    finally:
+        saver.close()
+
+
+def sweep_segments(fun, params, factory, names, run_points, key_data, key_impl, chunk_size, keep_params,
+                   minimize_kwargs, *, segment, saver=None, carried=None, return_carry=False, bar=None):
+    """``sweep``'s runs in segments of ``segment`` steps called from the host, every
+    segment the same program continuing each run: ``{field: (runs, ...)}`` as ``_run``
+    returns. With a ``checkpoint.Saver``, everything is saved after each segment and a
+    saved sweep resumes; with a tqdm ``bar``, it advances after each. ``carried``
+    continues runs that have already run (a halving's survivors); ``return_carry`` also
+    returns what the runs continue from."""
     steps = minimize_kwargs["steps"]
     evaluate = minimize_kwargs.get("evaluate")
-    save_every, every = check_segments(steps, save_dir, save_every, evaluate)
-    segment_kwargs = {**minimize_kwargs, "steps": save_every}
+    every = None if evaluate is None else (evaluate.every if evaluate.every is not None else steps)
+    segment_kwargs = {**minimize_kwargs, "steps": segment}
     if carried is None:
         carried = initial_carry(fun, params, factory, names, run_points, key_data, key_impl, segment_kwargs)
     runs = run_points.shape[0]
     store = None
-    saver = Saver(save_dir, fingerprint_of(**fingerprint, save_every=save_every))
-    try:
-        like = None
-        done = 0
+    done = 0
+    if saver is not None:
         saver.manager.reload()
         if saver.manager.all_steps():
             # The saved state's structure: one segment's outputs, abstractly.
@@ -483,19 +517,29 @@ def sweep_saved(fun, params, factory, names, run_points, key_data, key_impl, chu
             saved, done = saver.restore(like)
             if saved is not None:
                 carried, store = saved["carried"], saved["store"]
-        while done < steps:
-            out = _run(fun, params, factory, names, run_points, key_data, key_impl, chunk_size, keep_params,
-                       segment_kwargs, carried=carried, emit_carry=True)
-            if store is None:
-                store = empty_store(out, runs, steps, every)
-            rows = np.flatnonzero(~store["stopped"])  # a stopped run stays stopped, as in one minimize call
-            record_segment(store, out, rows, rows, done, save_every, every)
-            store["stopped"][rows] |= (out["converged"] | out["diverged"] | out["stopped_early"])[rows]
-            jax.tree.map(lambda old, new: old.__setitem__(rows, new[rows]), carried, out["carried"])
-            done += save_every
-            if store["stopped"].all():
-                done = steps
+    if bar is not None:
+        bar.update(done - bar.n)
+    while done < steps:
+        out = _run(fun, params, factory, names, run_points, key_data, key_impl, chunk_size, keep_params,
+                   segment_kwargs, carried=carried, emit_carry=True)
+        if store is None:
+            store = empty_store(out, runs, steps, every)
+        rows = np.flatnonzero(~store["stopped"])  # a stopped run stays stopped, as in one minimize call
+        record_segment(store, out, rows, rows, done, segment, every)
+        store["stopped"][rows] |= (out["converged"] | out["diverged"] | out["stopped_early"])[rows]
+        jax.tree.map(lambda old, new: old.__setitem__(rows, new[rows]), carried, out["carried"])
+        done += segment
+        if store["stopped"].all():
+            done = steps
+        if saver is not None:
             saver.save(done, {"carried": carried, "store": store})
-    finally:
-        saver.close()
+        if bar is not None:
+            bar.update(done - bar.n)
+            bar.set_postfix(running=int((~store["stopped"]).sum()))
     return (store, carried) if return_carry else store
+
+
+def progress_segment(steps: int, every: int) -> int:
+    """The segment of a sweep shown with ``progress=True``: the shortest multiple of the
+    evaluations' spacing that divides ``steps`` into at most 10 segments."""
+    return min(d for d in range(every, steps + 1, every) if steps % d == 0 and steps // d <= 10)

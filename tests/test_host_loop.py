@@ -169,3 +169,24 @@ def test_under_a_transformation_is_refused():
     for transform in (jax.jit, jax.vmap):
         with pytest.raises(ValueError, match="loop='host' runs segments from Python"):
             transform(run)(jnp.asarray([0.1]) if transform is jax.vmap else 0.1)
+
+
+def test_auto_takes_the_host_loop_for_convolutions_on_cpu_and_the_device_loop_otherwise():
+    import importlib
+
+    drivers = importlib.import_module("jgd._drivers")
+    loss, _, params, data = _conv_problem()
+    conv_loss = lambda p, b: loss(p, jnp.float32(0.0), b, jax.random.key(0))[0]  # noqa: E731
+    kwargs = dict(steps=16, data=data, batch_size=16, key=KEY)
+    host_programs = drivers._host_steps._cache_size()  # the host loop's steps compile for this problem
+    auto = jgd.minimize(conv_loss, params, jgd.adam(3e-3), loop="auto", **kwargs)
+    assert drivers._host_steps._cache_size() == host_programs + 1
+    assert_results_close(auto, jgd.minimize(conv_loss, params, jgd.adam(3e-3), **kwargs))
+
+    # no convolution: the device loop; under vmap: the device loop (a host loop cannot be traced)
+    device_programs = drivers.to_the_end._cache_size()
+    w0 = jnp.zeros(X.shape[1], jnp.float32)
+    jgd.minimize(batch_loss, w0, jgd.adam(0.1), loop="auto", steps=8, data=(X, Y), batch_size=8, key=KEY)
+    assert drivers.to_the_end._cache_size() == device_programs + 1
+    batched = jax.vmap(lambda lr: jgd.minimize(conv_loss, params, jgd.adam(lr), loop="auto", **kwargs).losses)
+    np.testing.assert_allclose(batched(jnp.asarray([3e-3]))[0], auto.losses, rtol=2e-5)

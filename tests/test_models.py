@@ -191,3 +191,22 @@ def test_a_whole_equinox_model_as_params_says_how_to_split_it():
     model, _ = eqx.nn.make_with_state(EqxNet)(jax.random.key(0))
     with pytest.raises(TypeError, match=r"eqx\.partition\(model, eqx\.is_inexact_array\)"):
         jgd.minimize(lambda m: jnp.sum(m.linear.weight), model, jgd.sgd(0.1), steps=2)
+
+
+def test_sweep_takes_equinox_params_from_partition_not_as_an_init_function():
+    # an eqx.Module is callable; params from eqx.partition hold arrays, so they are params
+    model = eqx.nn.MLP(D, 1, 8, 1, key=jax.random.key(0))
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    assert callable(params)
+
+    def loss(params, batch):
+        pred = jax.vmap(eqx.combine(params, static))(batch[0])[:, 0]
+        return jnp.mean((pred - batch[1]) ** 2)
+
+    kwargs = dict(steps=20, data=(X, Y), batch_size=8)
+    s = jgd.sweep(loss, params, jgd.adam, grid={"learning_rate": [1e-3, 1e-2]}, key=jax.random.key(4), **kwargs)
+    seed_key = jax.random.split(jax.random.key(4), 1)[0]
+    for i, lr in enumerate((1e-3, 1e-2)):
+        r = jgd.minimize(loss, params, jgd.adam(jnp.float32(lr)), key=seed_key, **kwargs)
+        np.testing.assert_allclose(s.losses[i, 0], r.losses, rtol=1e-5)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a[i, 0], b, rtol=1e-5, atol=1e-7), s.params, r.params)

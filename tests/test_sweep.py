@@ -317,3 +317,26 @@ def test_bad_keywords(kwargs, error, match):
     with pytest.raises(error, match=match):
         jgd.sweep(sweep_case.loss, jnp.zeros(5), jgd.sgd, {"learning_rate": [0.1]}, steps=5,
                   data=(sweep_case.X, sweep_case.Y), **kwargs)
+
+
+def test_progress_bar_over_segments_leaves_the_results_unchanged(evaluated, capsys):
+    shown = jgd.sweep(loss_with_aux, sweep_case.init, jgd.momentum, EVAL_GRID, seeds=2, key=jax.random.key(5),
+                      progress=True, **EVAL_KWARGS)
+    err = capsys.readouterr().err
+    assert "sweep of 12 runs" in err and "40/40" in err
+    for field in ("losses", "best_loss", "best_step", "num_steps"):
+        np.testing.assert_array_equal(getattr(shown, field), getattr(evaluated, field), err_msg=field)
+    np.testing.assert_array_equal(shown.evals["mse"], evaluated.evals["mse"])
+    jax.tree.map(np.testing.assert_array_equal, shown.best_params, evaluated.best_params)
+
+
+def test_halving_progress_bar_over_rungs(capsys):
+    val = jgd.Eval(lambda w: jnp.sum((w - 1.0) ** 2), monitor="eval")
+    kwargs = dict(samples=9, steps=90, min_steps=10, eta=3, evaluate=val)
+    grid = {"learning_rate": jgd.loguniform(1e-3, 0.5)}
+    shown = jgd.halving(lambda w: jnp.sum((w - 1.0) ** 2), jnp.zeros(2), jgd.sgd, grid, progress=True, **kwargs)
+    err = capsys.readouterr().err
+    assert "halving 9 configurations" in err and "3/3" in err
+    plain = jgd.halving(lambda w: jnp.sum((w - 1.0) ** 2), jnp.zeros(2), jgd.sgd, grid, **kwargs)
+    np.testing.assert_array_equal(shown.losses, plain.losses)
+    np.testing.assert_array_equal(shown.rung, plain.rung)
