@@ -130,7 +130,7 @@ def compare(name, logits, params, data, steps, batch, repeats, host_steps):
 
 def main(smoke):
     results = {}
-    steps, repeats, host_steps = (8, 1, (8,)) if smoke else (160, 5, (1, 2, 4, 8))
+    steps, repeats, host_steps = (4, 1, (2,)) if smoke else (160, 5, (1, 2, 4, 8))
     logits, params, data = digits_cnn()
     results["digits-2conv"] = compare("2-conv CNN, digits", logits, params, data, steps, 32, repeats, host_steps)
     if not smoke:  # the smoke run checks the script on the small model only
