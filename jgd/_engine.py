@@ -169,7 +169,8 @@ class Engine:
         index = None
         if config.batch_size is not None:
             n = jax.tree.leaves(self.data)[0].shape[0]
-            index = jax.vmap(lambda t: _sampling.batch_indices(self.sample_key, t, n, config.batch_size))(steps_)
+            index = jax.vmap(lambda t: _sampling.indices(self.sample_key, t, n, config.batch_size,
+                                                         config.data_shards))(steps_)
         keys = jax.vmap(lambda t: jax.random.fold_in(self.step_key, t))(steps_) if config.with_key else None
         return index, keys
 
@@ -179,7 +180,8 @@ class Engine:
         straight-line code (no while loop: XLA:CPU runs convolutions slowly inside one)."""
         def body(s, inputs):
             index, key = inputs
-            batch = self.data if index is None else _sampling.gather(self.data, index)
+            batch = self.data if index is None else _sampling.take(self.data, index, self.config.data_shards,
+                                                                   self.config.data_sharding)
             return step(self.context, s, segment_end, batch, key)
 
         inputs = self._inputs(first, length)
@@ -272,7 +274,8 @@ def shapes(config, params, model_state, data, eval_data, key):
     """Traces ``fun`` (and the evaluation) abstractly, with clear errors for user mistakes:
     the loss dtype, the aux's shapes, the metrics' shapes and the best value's dtype."""
     sample_key, step_key = jax.random.split(key)
-    first_batch = _sampling.batch_at(data, sample_key, jnp.zeros([], jnp.int32), config.batch_size)
+    first_batch = _sampling.batch_at(data, sample_key, jnp.zeros([], jnp.int32), config.batch_size,
+                                     config.data_shards, config.data_sharding)
     micro = None if first_batch is None else jax.tree.map(
         lambda x: x[: x.shape[0] // config.microbatches], first_batch)
     _check_loss(config, params, model_state, micro, step_key)

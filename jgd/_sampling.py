@@ -67,14 +67,76 @@ def batch_indices(key, step, n: int, batch_size: int):
     return permute(offsets, n, jax.random.fold_in(key, epoch))
 
 
-def batch_at(data, key, step, batch_size):
+def batch_at(data, key, step, batch_size, shards=None, sharding=None):
     """Batch ``step`` of ``data`` (full batch when ``batch_size`` is None)."""
     if batch_size is None:
         return data
     n = jax.tree.leaves(data)[0].shape[0]
-    return gather(data, batch_indices(key, step, n, batch_size))
+    return take(data, indices(key, step, n, batch_size, shards), shards, sharding)
 
 
 def gather(data, index):
     """The examples ``index`` of every leaf of ``data``."""
-    return jax.tree.map(lambda x: jnp.take(x, index, axis=0), data)
+    def leaf(x):
+        sharding = getattr(jax.typeof(x), "sharding", None)
+        spec = tuple(getattr(sharding, "spec", ()) or ())
+        if spec and spec[0] is not None:  # examples sharded on an Explicit mesh: say where the batch goes
+            return x.at[index].get(out_sharding=jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
+        return jnp.take(x, index, axis=0)
+
+    return jax.tree.map(leaf, data)
+
+
+def indices(key, step, n: int, batch_size: int, shards: int | None = None):
+    """The examples of batch ``step``: ``(batch_size,)`` indices into ``[0, n)``; with
+    ``shards = m``, ``(m, batch_size // m)`` indices, row ``s`` into shard ``s``'s own
+    ``n // m`` examples (the leading axis cut into ``m`` equal blocks, as a sharding
+    over it does), drawn by the same sampler keyed ``fold_in(key, s)``."""
+    if shards is None:
+        return batch_indices(key, step, n, batch_size)
+    return jax.vmap(lambda s: batch_indices(jax.random.fold_in(key, s), step, n // shards, batch_size // shards))(
+        jnp.arange(shards, dtype=jnp.int32))
+
+
+def take(data, index, shards: int | None = None, sharding=None):
+    """The batch of ``index`` (from ``indices``). With ``shards``, each block of the leading
+    axis gives its own rows — a gather local to each shard, so sharded data stays sharded
+    and no example crosses devices — and the batch is the blocks' rows in shard order.
+    ``sharding`` (a ``NamedSharding`` of the leading axis over the mesh) pins the blocks,
+    the indices and the batch to it, so the compiler keeps the gather on each device."""
+    if shards is None:
+        return gather(data, index)
+
+    # the indices stay replicated (each device computes them all: the sampler's cycle walk
+    # would otherwise need a collective per round); the blocks and the rows are pinned
+    pin = _pin(sharding)
+
+    def leaf(x):
+        blocks = pin(x.reshape((shards, x.shape[0] // shards) + x.shape[1:]))
+        rows = pin(jax.vmap(lambda block, i: jnp.take(block, i, axis=0))(blocks, _sharded_like(index, blocks)))
+        return rows.reshape((-1,) + x.shape[1:])
+
+    return jax.tree.map(leaf, data)
+
+
+def _pin(sharding):
+    """A function constraining an array's leading axis to ``sharding``'s (identity without one)."""
+    if sharding is None:
+        return lambda x: x
+
+    def pin(x):
+        spec = jax.sharding.PartitionSpec(sharding.spec[0], *([None] * (x.ndim - 1)))
+        return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(sharding.mesh, spec))
+
+    return pin
+
+
+def _sharded_like(index, blocks):
+    """``index`` sharded over ``blocks``' leading axis where that sharding is part of the
+    type (an Explicit mesh: vmap needs both mapped axes sharded alike)."""
+    sharding = getattr(jax.typeof(blocks), "sharding", None)
+    spec = tuple(getattr(sharding, "spec", ()) or ())
+    if not spec or spec[0] is None:
+        return index
+    spec = jax.sharding.PartitionSpec(spec[0], *([None] * (index.ndim - 1)))
+    return jax.sharding.reshard(index, jax.sharding.NamedSharding(sharding.mesh, spec))

@@ -36,6 +36,8 @@ class Config(NamedTuple):
     progress: bool
     differentiable: bool = False
     rematerialise: bool = False
+    data_shards: int | None = None  # sample each block of data's leading axis on its own
+    data_sharding: Any = None  # the NamedSharding of data's leading axis, when it is sharded
 
 
 class Step(NamedTuple):
@@ -85,7 +87,7 @@ def value_and_grad(config, params, model_state, batch, key):
     if m == 1:
         (loss, (model_state, aux)), g = value_and_grad(params, model_state, batch, key)
         return loss, model_state, aux, g
-    slices = jax.tree.map(lambda x: x.reshape((m, x.shape[0] // m) + x.shape[1:]), batch)
+    slices = jax.tree.map(lambda x: _micro_slices(x, m, config.data_shards), batch)
     keys = None if key is None else jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(m))
 
     def body(carry, micro):
@@ -105,6 +107,16 @@ def value_and_grad(config, params, model_state, batch, key):
         jax.tree.map(lambda x: x[-1], auxes),
         jax.tree.map(lambda x: x * jnp.asarray(scale, x.dtype), g),
     )
+
+
+def _micro_slices(x, m: int, shards: int | None):
+    """``x``'s rows as ``m`` micro-batches; with ``shards``, each micro-batch takes an equal
+    share of every shard's rows (the batch holds them in shard order), so each stays
+    data-parallel."""
+    if shards is None:
+        return x.reshape((m, x.shape[0] // m) + x.shape[1:])
+    per_shard = x.reshape((shards, m, x.shape[0] // (shards * m)) + x.shape[1:])
+    return jnp.swapaxes(per_shard, 0, 1).reshape((m, x.shape[0] // m) + x.shape[1:])
 
 
 def value_and_grad_reusing(config, c, batch, key, loss_dtype):

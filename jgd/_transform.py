@@ -416,8 +416,11 @@ def compute_dtype(*arrays):
 
 
 def moments_like(params, state_dtype=None, fill=0.0):
+    """A state leaf per param, ``fill`` everywhere, with the param's shape and sharding
+    (``full_like``: a moment of a param split over devices is split alike, never built
+    on one device)."""
     return jax.tree.map(
-        lambda p: jnp.full(jnp.shape(p), fill, moment_dtype(jnp.result_type(p), state_dtype)),
+        lambda p: jnp.full_like(p, fill, moment_dtype(jnp.result_type(p), state_dtype)),
         params,
     )
 

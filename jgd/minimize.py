@@ -16,6 +16,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jgd import _drivers, checkpoint
 from jgd._arguments import (
@@ -66,6 +68,7 @@ def minimize(
     save_dir=None,
     save_every: int | None = None,
     loop: str = "device",
+    data_shards: int | None = None,
 ) -> Result:
     """Minimizes ``fun`` with ``opt`` in one compiled program.
 
@@ -129,6 +132,15 @@ def minimize(
         ``grad`` (a host loop cannot be traced) nor with ``differentiable``. ``"auto"``:
         the host loop when the backend is CPU and ``fun`` uses convolutions, else the
         device loop.
+      data_shards: sample each of this many equal blocks of ``data``'s leading axis on its
+        own: each block gives ``batch_size / data_shards`` examples of every batch from its
+        own rows (keyed ``fold_in(sample_key, block)``, every example still at most once
+        an epoch). Default: the number of shards of ``data``'s leading axis when it is
+        sharded (a ``NamedSharding`` over a mesh, Auto or Explicit), so each device
+        samples and computes its share of the batch and the gradient is all-reduced —
+        data parallelism; else none. On one device it emulates the same stratified
+        sampling (the equality oracle). ``batch_size`` and each micro-batch must divide
+        by it.
 
     The loop also stops when the loss turns non-finite (``diverged=True``, no exception).
 
@@ -178,7 +190,8 @@ def minimize(
                  microbatches=microbatches, key=key, tol=tol, has_aux=has_aux,
                  model_state=model_state, with_key=with_key, evaluate=evaluate,
                  record_aux=record_aux, progress=progress and loop == "device" and not saving,
-                 differentiable=differentiable, checkpoint_every=checkpoint_every, loop=loop)
+                 differentiable=differentiable, checkpoint_every=checkpoint_every, loop=loop,
+                 data_shards=data_shards)
     traced = _linearized(params, run.opt, data, model_state, init_state, run.eval_data)
     if not differentiable and traced:
         raise ValueError(
@@ -254,7 +267,7 @@ class _Setup(NamedTuple):
 
 def _setup(fun, params, opt, *, steps, data, batch_size, microbatches, key, tol, has_aux,
            model_state, with_key, evaluate, record_aux, progress, differentiable=False,
-           checkpoint_every=None, loop="device") -> _Setup:
+           checkpoint_every=None, loop="device", data_shards=None) -> _Setup:
     """Validates minimize's arguments (clear errors at the boundary) and builds the static
     configuration of the compiled loop."""
     if not callable(fun):
@@ -299,6 +312,14 @@ def _setup(fun, params, opt, *, steps, data, batch_size, microbatches, key, tol,
         raise ValueError(
             f"microbatches={microbatches} must divide the batch size {full}"
         )
+    shards, sharding = _data_shards(data, data_shards)
+    if shards is not None:
+        if n % shards:
+            raise ValueError(f"data's {n} examples must split into {shards} equal shards (data_shards)")
+        if (full // microbatches) % shards:
+            what = f"batch_size={full}" if microbatches == 1 else f"each micro-batch ({full} // {microbatches})"
+            raise ValueError(f"{what} must divide by the data's {shards} shards, so that every shard gives an "
+                             "equal share of each batch")
     if tol is not None and not isinstance(tol, jax.core.Tracer):
         tol_ = np.asarray(tol)
         if tol_.shape or not np.isfinite(tol_) or tol_ < 0:
@@ -319,10 +340,53 @@ def _setup(fun, params, opt, *, steps, data, batch_size, microbatches, key, tol,
         # a segment is the unit of rematerialisation; evaluations stay on segment ends
         segment = checkpoint_every if evaluation is None else math.gcd(evaluation.every, checkpoint_every)
     config = Config(fun, steps, segment, batch_size, microbatches, has_aux, model_state is not None,
-                     with_key, record_aux, evaluation, progress, differentiable, checkpoint_every is not None)
+                     with_key, record_aux, evaluation, progress, differentiable, checkpoint_every is not None,
+                    shards, sharding)
     # jgd optimizers are pytrees of numbers and stay arguments; an optax closure is static.
     opt = as_hyperparameter(optax.with_extra_args_support(opt))
     return _Setup(config, opt, key, eval_data, tol)
+
+
+def _data_shards(data, data_shards):
+    """``(the blocks data's leading axis is sampled in, that axis' NamedSharding)``: the
+    number of shards of that axis when it is sharded (or ``data_shards`` when given; the
+    sharding when the two agree), ``(None, None)`` when there are none."""
+    found, shardings = set(), {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(data)[0]:
+        sharding = _sharding_of(leaf)
+        spec = tuple(sharding.spec) if isinstance(sharding, NamedSharding) else ()
+        if not spec or all(axis is None for axis in spec):
+            continue
+        if spec[0] is None:
+            raise ValueError(
+                f"data{jax.tree_util.keystr(path)} is sharded over an axis other than its leading (example) "
+                f"axis ({sharding.spec}); shard the examples (PartitionSpec('data')) or replicate it")
+        axes = spec[0] if isinstance(spec[0], tuple) else (spec[0],)
+        count = math.prod(sharding.mesh.shape[a] for a in axes)
+        found.add(count)
+        shardings[count] = NamedSharding(sharding.mesh, P(spec[0]))
+    found.discard(1)
+    if data_shards is not None:
+        data_shards = _check_int("data_shards", data_shards, 1)
+        if data is None:
+            raise ValueError(f"data_shards={data_shards} needs data to sample from")
+        return (None, None) if data_shards == 1 else (data_shards, shardings.get(data_shards))
+    if len(found) > 1:
+        raise ValueError(f"data's leaves split their leading axis into different numbers of shards {sorted(found)}; "
+                         "shard them alike or pass data_shards=")
+    if not found:
+        return None, None
+    count = found.pop()
+    return count, shardings[count]
+
+
+def _sharding_of(leaf):
+    if isinstance(leaf, jax.core.Tracer):  # an Explicit mesh's sharding is part of the type
+        try:
+            return jax.typeof(leaf).sharding
+        except Exception:  # noqa: BLE001
+            return None
+    return getattr(leaf, "sharding", None)
 
 
 def initial_state(fun, params, opt, *, model_state=None, key=None, data=None, evaluate=None, steps=1,
