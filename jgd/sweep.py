@@ -50,19 +50,22 @@ def _accepted_names(factory):
     }
 
 
-def _check_grid(factory, grid, samples=None):
+def _check_grid(factory, grid, samples=None, what="grid"):
     """The axes as 1-D numpy arrays (distributions kept as they are), names checked."""
     if not isinstance(grid, dict) or not grid:
-        raise ValueError(f"grid must be a non-empty dict of name -> values, got {grid!r}")
+        raise ValueError(f"{what} must be a non-empty dict of name -> values, got {grid!r}")
     accepted = _accepted_names(factory)
     axes = {}
     for name, values in grid.items():
         if accepted is not None and name not in accepted:
             raise ValueError(
-                f"grid key {name!r} is not an argument of {getattr(factory, '__name__', factory)}; "
+                f"{what} key {name!r} is not an argument of {getattr(factory, '__name__', factory)}; "
                 f"it takes {sorted(accepted)}"
             )
         if isinstance(values, Distribution):
+            if what == "points":
+                raise ValueError(f"points[{name!r}] is a distribution ({values!r}): points are explicit values; "
+                                 "pass grid= with samples=N to draw them")
             if samples is None:
                 raise ValueError(
                     f"grid[{name!r}] is a distribution ({values!r}): pass samples=N to draw N points"
@@ -70,16 +73,16 @@ def _check_grid(factory, grid, samples=None):
             axes[name] = values
             continue
         if isinstance(values, (str, bytes)):
-            raise ValueError(f"grid[{name!r}] must be numbers, got {values!r}")
+            raise ValueError(f"{what}[{name!r}] must be numbers, got {values!r}")
         try:
             axis = np.asarray(values)
         except Exception:  # noqa: BLE001
-            raise ValueError(f"grid[{name!r}] must be numbers, got {values!r}") from None
+            raise ValueError(f"{what}[{name!r}] must be numbers, got {values!r}") from None
         axis = np.atleast_1d(axis)
         if axis.ndim != 1 or axis.size == 0:
-            raise ValueError(f"grid[{name!r}] must be a non-empty 1-D list of numbers, got {values!r}")
+            raise ValueError(f"{what}[{name!r}] must be a non-empty 1-D list of numbers, got {values!r}")
         if not (np.issubdtype(axis.dtype, np.number) or axis.dtype == np.bool_) or np.issubdtype(axis.dtype, np.complexfloating):
-            raise ValueError(f"grid[{name!r}] must be real numbers, got {values!r}")
+            raise ValueError(f"{what}[{name!r}] must be real numbers, got {values!r}")
         axes[name] = axis
     return axes
 
@@ -90,6 +93,19 @@ def _check_values(factory, axes):
     for name, axis in axes.items():
         for value in np.unique(axis):
             factory(**{**first, name: value.item()})
+
+
+def explicit_points(factory, points):
+    """``points=``: ``(points (K, H), (K,), axes, hparams)``, the i-th values of every name
+    paired (not a product)."""
+    axes = _check_grid(factory, points, what="points")
+    lengths = {name: axis.size for name, axis in axes.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"points' lists must have one length (they are paired, not a product), got {lengths}")
+    _check_values(factory, axes)
+    dtype = jnp.dtype(jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32)
+    stacked = np.stack([np.asarray(v, dtype) for v in axes.values()], axis=1)
+    return stacked, (stacked.shape[0],), axes, dict(axes)
 
 
 def grid_points(factory, grid, samples, key):
@@ -157,11 +173,13 @@ def sweep(
     fun: Callable,
     params,
     factory: Callable,
-    grid: dict,
+    grid: dict | None = None,
     *,
     seeds: int = 1,
     key=None,
     samples: int | None = None,
+    points: dict | None = None,
+    capacity: int | None = None,
     chunk_size: int | None = None,
     keep_params: bool = True,
     save_dir=None,
@@ -177,6 +195,15 @@ def sweep(
       factory: an optimizer factory, e.g. ``jgd.momentum``; called with each grid point.
       grid: ``{name: values}``; the Cartesian product of the axes is swept. An axis may
         be a distribution (``jgd.loguniform``, ``jgd.uniform``, ``jgd.choice``) instead.
+      points: explicit points instead of a grid: ``{name: values}`` with lists (or
+        arrays) of one length K, paired (point i takes the i-th value of every name); the
+        result's grid shape is ``(K,)``. The way to feed points that change between calls
+        (a tuner's suggestions): a factory that reads a mutable global table is not
+        supported (the compiled program is cached by the factory, so JAX would keep the
+        table it saw first).
+      capacity: pad the runs to this many points (>= the number of points) with copies
+        of the first, dropped from the result, so any number of points up to it reuses
+        one compiled program.
       samples: random search: every axis is sampled ``samples`` times (a list as a
         uniform choice) and the result's grid shape is ``(samples,)``. Required with a
         distribution. Samples come from a key derived from ``key`` apart from the seed
@@ -231,16 +258,30 @@ def sweep(
     _check_bool("progress", progress)
     _check_kwargs(minimize_kwargs)
     key = _as_key(key)
-    points, grid_shape, axes, hparams = grid_points(factory, grid, samples, key)
+    if (grid is None) == (points is None):
+        raise ValueError("sweep takes grid= (a product, or samples=N of it) or points= (paired values), "
+                         f"one of them; got {'both' if points is not None else 'neither'}")
+    if points is not None:
+        if samples is not None:
+            raise ValueError(f"samples={samples!r} draws from a grid; points= are the values themselves")
+        run_points, grid_shape, axes, hparams = explicit_points(factory, points)
+    else:
+        run_points, grid_shape, axes, hparams = grid_points(factory, grid, samples, key)
+    real = run_points.shape[0]
+    if capacity is not None:  # pad with copies of point 0, dropped below: one program for any count
+        capacity = _check_int("capacity", capacity, 1)
+        if capacity < real:
+            raise ValueError(f"capacity={capacity} must be >= the number of points {real}")
+        run_points = np.concatenate([run_points, np.repeat(run_points[:1], capacity - real, axis=0)])
     seed_keys = jax.random.split(key, seeds)
-    args = (fun, params, factory, tuple(axes), np.repeat(points, seeds, axis=0),
-            run_keys(seed_keys, points.shape[0]), jax.random.key_impl(seed_keys), chunk_size,
+    args = (fun, params, factory, tuple(axes), np.repeat(run_points, seeds, axis=0),
+            run_keys(seed_keys, run_points.shape[0]), jax.random.key_impl(seed_keys), chunk_size,
             keep_params, minimize_kwargs)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=minimize_kwargs["steps"], desc=f"sweep of {len(args[4])} runs")
+        bar = tqdm(total=minimize_kwargs["steps"], desc=f"sweep of {real * seeds} runs")
     try:
         if save_dir is None and save_every is None and not progress:
             result = _run(*args)
@@ -252,15 +293,16 @@ def sweep(
             result.pop("stopped", None)
         else:
             result = sweep_saved(*args, save_dir=save_dir, save_every=save_every, bar=bar,
-                                 fingerprint=sweep_fingerprint("sweep", args, grid=points, seeds=seeds, key=key))
+                                 fingerprint=sweep_fingerprint("sweep", args, grid=run_points, seeds=seeds, key=key))
             result.pop("stopped", None)
     finally:
         if bar is not None:
             bar.close()
+    result = jax.tree.map(lambda x: x[:real * seeds], result)
     out = jax.tree.map(lambda x: x.reshape(grid_shape + (seeds,) + x.shape[1:]), result)
     evaluate = minimize_kwargs.get("evaluate")
     return SweepResult.from_runs(
-        out, grid=axes, hparams=hparams, sampled=samples is not None,
+        out, grid=axes, hparams=hparams, sampled=samples is not None or grid is None,
         monitor=None if evaluate is None else evaluate.monitor,
         mode="min" if evaluate is None else evaluate.mode,
     )

@@ -340,3 +340,39 @@ def test_halving_progress_bar_over_rungs(capsys):
     plain = jgd.halving(lambda w: jnp.sum((w - 1.0) ** 2), jnp.zeros(2), jgd.sgd, grid, **kwargs)
     np.testing.assert_array_equal(shown.losses, plain.losses)
     np.testing.assert_array_equal(shown.rung, plain.rung)
+
+
+def test_points_are_paired_and_capacity_reuses_one_program():
+    def loss(w):
+        return jnp.sum((w - 1.0) ** 2)
+
+    lrs, betas = [0.01, 0.1, 0.3], [0.9, 0.0, 0.5]
+    s = jgd.sweep(loss, jnp.zeros(2), jgd.momentum, points={"learning_rate": lrs, "beta": betas}, steps=30,
+                  capacity=8, key=jax.random.key(1))
+    assert s.losses.shape == (3, 1, 30)
+    np.testing.assert_allclose(s.hparams["beta"], betas)
+    for i, (lr, beta) in enumerate(zip(lrs, betas)):  # each point's run is minimize with that point
+        r = jgd.minimize(loss, jnp.zeros(2), jgd.momentum(jnp.float32(lr), jnp.float32(beta)), steps=30)
+        np.testing.assert_allclose(s.losses[i, 0], r.losses, rtol=1e-6, atol=1e-7)
+    plain = jgd.sweep(loss, jnp.zeros(2), jgd.momentum, points={"learning_rate": lrs, "beta": betas}, steps=30,
+                      key=jax.random.key(1))
+    np.testing.assert_allclose(s.losses, plain.losses, rtol=1e-6, atol=1e-7)  # padding changes no real run
+    assert s.best()["learning_rate"] == plain.best()["learning_rate"]
+    with jgd.debug.count_compiles() as compiles:  # another number of points, the same capacity
+        five = jgd.sweep(loss, jnp.zeros(2), jgd.momentum, steps=30, capacity=8, key=jax.random.key(1),
+                         points={"learning_rate": [0.2] * 5, "beta": [0.1, 0.2, 0.3, 0.4, 0.5]})
+    assert five.losses.shape == (5, 1, 30)
+    assert int(compiles) == 0, compiles
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(points={"learning_rate": [0.1, 0.2], "beta": [0.9]}), "one length"),
+    (dict(points={"learning_rate": [0.1]}, grid={"learning_rate": [0.1]}), "one of them; got both"),
+    (dict(), "one of them; got neither"),
+    (dict(points={"learning_rate": [0.1, 0.2]}, capacity=1), "capacity=1 must be >= the number of points 2"),
+    (dict(points={"learning_rate": jgd.loguniform(1e-3, 1.0)}), "points are explicit values"),
+    (dict(points={"lr": [0.1]}), "points key 'lr' is not an argument"),
+])
+def test_bad_points(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        jgd.sweep(lambda w: jnp.sum(w ** 2), jnp.zeros(2), jgd.momentum, steps=5, **kwargs)
