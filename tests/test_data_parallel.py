@@ -143,10 +143,30 @@ FSDP = textwrap.dedent("""
         grads = jax.tree.map(lambda p: 0.01 * p, params)
         updates, state = jax.jit(opt.update)(grads, opt.init(params), params)
         assert updates["w"].sharding.is_equivalent_to(split, 2), (name, updates["w"].sharding)
+
+    # FSDP through minimize: the weight split over the data axis, the data sharded too
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(256, 512)).astype(np.float32)
+    Y = rng.normal(size=256).astype(np.float32)
+    start = {"w": jnp.asarray(rng.normal(size=(512, 64)) / 23, jnp.float32), "b": jnp.zeros(64)}
+
+    def loss(p, batch):
+        return 0.5 * jnp.mean((jnp.sum(jnp.tanh(batch[0] @ p["w"] + p["b"]), axis=1) - batch[1]) ** 2)
+
+    kwargs = dict(steps=30, batch_size=32, key=jax.random.key(0))
+    oracle = jgd.minimize(loss, start, jgd.adam(0.01), data=(X, Y), data_shards=4, **kwargs)
+    placed = {"w": jax.device_put(start["w"], split), "b": jax.device_put(start["b"], NamedSharding(mesh, P()))}
+    r = jgd.minimize(loss, placed, jgd.adam(0.01), data=jax.device_put((X, Y), NamedSharding(mesh, P("data"))),
+                     **kwargs)
+    np.testing.assert_allclose(np.asarray(r.losses), np.asarray(oracle.losses), rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(r.params["w"]), np.asarray(oracle.params["w"]), rtol=2e-5, atol=1e-6)
+    for leaf in (r.params["w"], r.best_params["w"], r.state.opt_state.mu["w"], r.state.opt_state.nu["w"]):
+        assert leaf.sharding.is_equivalent_to(split, 2), leaf.sharding
+        assert max(s.data.nbytes for s in leaf.addressable_shards) == leaf.nbytes // 4
     print("ok")
 """)
 
 
-def test_optimizer_state_follows_the_params_sharding():
+def test_state_follows_the_params_sharding_through_init_update_and_minimize():
     out = subprocess.run([sys.executable, "-c", FSDP], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0 and "ok" in out.stdout, out.stdout[-2000:] + out.stderr[-4000:]
