@@ -129,10 +129,10 @@ class Progress:
     bar = None
 
     @classmethod
-    def start(cls, total, desc="minimize", initial=0):
+    def start(cls, total, desc="minimize"):
         from tqdm.auto import tqdm
 
-        cls.bar = tqdm(total=total, desc=desc, initial=initial)
+        cls.bar = tqdm(total=total, desc=desc)
         return cls.bar
 
     @classmethod

@@ -78,10 +78,9 @@ def batch_at(data, key, step, batch_size, shards=None, sharding=None):
 def gather(data, index):
     """The examples ``index`` of every leaf of ``data``."""
     def leaf(x):
-        sharding = getattr(jax.typeof(x), "sharding", None)
-        spec = tuple(getattr(sharding, "spec", ()) or ())
-        if spec and spec[0] is not None:  # examples sharded on an Explicit mesh: say where the batch goes
-            return x.at[index].get(out_sharding=jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
+        typed = _typed_leading(x)
+        if typed is not None:  # examples sharded on an Explicit mesh: say where the batch goes
+            return x.at[index].get(out_sharding=jax.sharding.NamedSharding(typed[0].mesh, jax.sharding.PartitionSpec()))
         return jnp.take(x, index, axis=0)
 
     return jax.tree.map(leaf, data)
@@ -102,8 +101,8 @@ def take(data, index, shards: int | None = None, sharding=None):
     """The batch of ``index`` (from ``indices``). With ``shards``, each block of the leading
     axis gives its own rows — a gather local to each shard, so sharded data stays sharded
     and no example crosses devices — and the batch is the blocks' rows in shard order.
-    ``sharding`` (a ``NamedSharding`` of the leading axis over the mesh) pins the blocks,
-    the indices and the batch to it, so the compiler keeps the gather on each device."""
+    ``sharding`` (a ``NamedSharding`` of the leading axis over the mesh) pins the blocks
+    and the batch to it, so the compiler keeps the gather on each device."""
     if shards is None:
         return gather(data, index)
 
@@ -131,12 +130,19 @@ def _pin(sharding):
     return pin
 
 
+def _typed_leading(x):
+    """``(the sharding in x's type, its leading axis' mesh axes)`` when that axis is sharded
+    in the type (an Explicit mesh), else None."""
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    spec = tuple(getattr(sharding, "spec", ()) or ())
+    return (sharding, spec[0]) if spec and spec[0] is not None else None
+
+
 def _sharded_like(index, blocks):
     """``index`` sharded over ``blocks``' leading axis where that sharding is part of the
     type (an Explicit mesh: vmap needs both mapped axes sharded alike)."""
-    sharding = getattr(jax.typeof(blocks), "sharding", None)
-    spec = tuple(getattr(sharding, "spec", ()) or ())
-    if not spec or spec[0] is None:
+    typed = _typed_leading(blocks)
+    if typed is None:
         return index
-    spec = jax.sharding.PartitionSpec(spec[0], *([None] * (index.ndim - 1)))
-    return jax.sharding.reshard(index, jax.sharding.NamedSharding(sharding.mesh, spec))
+    spec = jax.sharding.PartitionSpec(typed[1], *([None] * (index.ndim - 1)))
+    return jax.sharding.reshard(index, jax.sharding.NamedSharding(typed[0].mesh, spec))

@@ -16,6 +16,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jgd._arguments import _as_key, _check_bool, _check_int, _is_init_function
+from jgd._transform import scalar_dtype
 from jgd.checkpoint import Saver, check_segments, fingerprint_of, sweep_fingerprint, unfilled
 from jgd.evaluation import Eval
 from jgd.minimize import initial_state, minimize
@@ -103,7 +104,7 @@ def explicit_points(factory, points):
     if len(set(lengths.values())) > 1:
         raise ValueError(f"points' lists must have one length (they are paired, not a product), got {lengths}")
     _check_values(factory, axes)
-    dtype = jnp.dtype(jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32)
+    dtype = scalar_dtype()
     stacked = np.stack([np.asarray(v, dtype) for v in axes.values()], axis=1)
     return stacked, (stacked.shape[0],), axes, dict(axes)
 
@@ -115,7 +116,7 @@ def grid_points(factory, grid, samples, key):
     if samples is not None:
         samples = _check_int("samples", samples, 1)
     axes = _check_grid(factory, grid, samples)
-    dtype = jnp.dtype(jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32)
+    dtype = scalar_dtype()
     if samples is None:
         _check_values(factory, axes)
         points = np.stack([np.asarray(v, dtype) for v in itertools.product(*axes.values())])  # (G, H)
