@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import numbers
+import sys
 import types
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -169,19 +170,73 @@ class Hyperparams:
 
     def tree_flatten_with_keys(self):
         keys = tuple(sorted(self._values))
-        return [(jax.tree_util.GetAttrKey(k), self._values[k]) for k in keys], keys
+        return [(jax.tree_util.GetAttrKey(k), as_leaf_arrays(self._values[k])) for k in keys], keys
 
     def tree_flatten(self):
         keys = tuple(sorted(self._values))
-        return [self._values[k] for k in keys], keys
+        return [as_leaf_arrays(self._values[k]) for k in keys], keys
 
     @classmethod
     def tree_unflatten(cls, keys, children):
-        return cls(**dict(zip(keys, children)))
+        return cls(**{k: as_given_numbers(v) for k, v in zip(keys, children)})
 
 
 def _rebuild_hyperparams(values):
     return Hyperparams(**values)
+
+
+# A Python float a user gave (``jgd.adam(1e-3)``) is kept as given, so eager updates compute
+# with it exactly as optax does; but it *flattens* to a weakly typed 0-d JAX array (what
+# ``jit`` would make of it anyway: the same dtype, the same program), cached per value, so
+# ``eqx.filter_jit`` and other filters that keep non-arrays static trace it instead of
+# retracing per value. Unflattening the very array that flattening gave (a tree_map that
+# left it alone, a filter's partition and combine) gives the number back.
+_ARRAY_OF_NUMBER: dict[tuple, jax.Array] = {}
+_NUMBER_OF_ARRAY: dict[int, tuple[jax.Array, Any]] = {}
+_CACHED_NUMBERS = 1 << 16
+
+
+def _leaf_array(value):
+    # Not ints: an ``in_axes`` tree (``jax.tree.map(lambda _: 0, opt)``) must flatten to ints.
+    if type(value) not in (float, complex):
+        return value
+    key = (type(value), repr(value), bool(jax.config.read("jax_enable_x64")))
+    array = _ARRAY_OF_NUMBER.get(key)
+    if array is None:
+        with jax.ensure_compile_time_eval():
+            array = jnp.asarray(value)
+        if isinstance(array, jax.core.Tracer):
+            return value
+        if len(_ARRAY_OF_NUMBER) >= _CACHED_NUMBERS:  # forget the oldest (both maps together)
+            old_key = next(iter(_ARRAY_OF_NUMBER))
+            _NUMBER_OF_ARRAY.pop(id(_ARRAY_OF_NUMBER.pop(old_key)), None)
+        _ARRAY_OF_NUMBER[key] = array
+        _NUMBER_OF_ARRAY[id(array)] = (array, value)
+    return array
+
+
+def _given_number(leaf):
+    entry = _NUMBER_OF_ARRAY.get(id(leaf))
+    return entry[1] if entry is not None and entry[0] is leaf else leaf
+
+
+def _map_containers(function, value):
+    if isinstance(value, (tuple, list)) and not hasattr(value, "_fields"):
+        return type(value)(_map_containers(function, v) for v in value)
+    if type(value) is dict:
+        return {k: _map_containers(function, v) for k, v in value.items()}
+    return function(value)
+
+
+def as_leaf_arrays(value):
+    """A hyperparameter as it flattens: Python floats and complexes (in tuples, lists, dicts too) as
+    their cached weakly typed JAX scalars."""
+    return _map_containers(_leaf_array, value)
+
+
+def as_given_numbers(value):
+    """The inverse of `as_leaf_arrays` for the arrays it gave (others stay as they are)."""
+    return _map_containers(_given_number, value)
 
 
 class Optimizer(optax.GradientTransformationExtraArgs):
@@ -213,7 +268,25 @@ def _optimizer_flatten(opt: Optimizer):
     )
 
 
+_REGISTERED_WITH_NNX = False
+
+
+def _register_with_nnx():
+    """Makes flax.nnx treat a jgd optimizer as data (its leaves are arrays, see
+    `as_leaf_arrays`): ``nnx.Optimizer(model, jgd.adam(1e-3), wrt=nnx.Param)`` then holds
+    ``tx`` as data, traced by ``nnx.jit`` (one compilation for every value), where an
+    optimizer with array leaves in a static attribute would be refused. Done the first time
+    an optimizer is built after flax.nnx is imported; the core never imports flax."""
+    global _REGISTERED_WITH_NNX
+    nnx = sys.modules.get("flax.nnx")
+    if nnx is not None and hasattr(nnx, "register_data_type"):
+        nnx.register_data_type(Optimizer)
+        _REGISTERED_WITH_NNX = True
+
+
 def _optimizer_unflatten(functions, children):
+    if not _REGISTERED_WITH_NNX:
+        _register_with_nnx()
     (hp,) = children
     init_fn, update_fn = functions
     return Optimizer(

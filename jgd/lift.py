@@ -15,8 +15,8 @@ Examples:
     >>> opt = lion(learning_rate=1e-3, b1=0.95)
     >>> sorted(name for name, _ in opt.hyperparams.items() if name in ("b1", "b2", "learning_rate"))
     ['b1', 'b2', 'learning_rate']
-    >>> jax.tree.leaves(opt)  # b1, b2, learning_rate, weight_decay
-    [0.95, 0.99, 0.001, 0.001]
+    >>> [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(opt)]
+    ['.hyperparams.b1', '.hyperparams.b2', '.hyperparams.learning_rate', '.hyperparams.weight_decay']
 """
 
 from __future__ import annotations

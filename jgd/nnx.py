@@ -1,7 +1,9 @@
 """``jgd.nnx.Optimizer``: flax.nnx's ``Optimizer`` with the optimizer as data.
 
-``nnx.Optimizer`` keeps ``tx`` as a static attribute, so under ``nnx.jit`` a new learning
-rate retraces, and an array learning rate is refused. Here ``tx`` is ``nnx.data``: a jgd
+``nnx.Optimizer`` keeps ``tx`` as a static attribute unless its type is registered as nnx
+data (jgd registers its optimizers when ``flax.nnx`` is imported before they are built;
+otherwise a new learning rate retraces, and an array learning rate is refused). Here ``tx``
+is declared ``nnx.data`` whatever the import order: a jgd
 optimizer's numbers are part of the optimizer's state, traced by ``nnx.jit``, so one compiled
 train step serves every hyperparameter value, also with a fresh model object per run.
 ``update(model, grads)`` is flax's (same numbers). Needs ``flax`` (the ``jgd[models]`` extra).

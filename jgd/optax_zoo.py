@@ -9,8 +9,10 @@ rule families and take optax's full signatures too.
 Examples:
     >>> opt = jgd.lion(1e-4, b1=0.95)
     >>> state = opt.init({"w": jnp.zeros(3)})
-    >>> jax.tree.leaves(opt)  # b1, b2, learning_rate, weight_decay
-    [0.95, 0.99, 0.0001, 0.001]
+    >>> [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(opt)]
+    ['.hyperparams.b1', '.hyperparams.b2', '.hyperparams.learning_rate', '.hyperparams.weight_decay']
+    >>> opt.hyperparams.b1  # as given (leaves flatten to weakly typed JAX scalars)
+    0.95
 """
 
 from __future__ import annotations
