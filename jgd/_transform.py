@@ -142,10 +142,26 @@ def unwrap(value):
 class Hyperparams:
     """Named hyperparameters: numeric ones are children, static ones aux data."""
 
-    __slots__ = ("_values",)
+    __slots__ = ("_values", "_children")
 
     def __init__(self, **values):
         object.__setattr__(self, "_values", values)
+        object.__setattr__(self, "_children", None)
+
+    def _flat_children(self):
+        """The children in key order with Python floats as this object's JAX scalars (see
+        `as_leaf_arrays`), made on the first flatten, under this x64 setting, and again
+        when a donating jit deleted them."""
+        x64 = bool(jax.config.read("jax_enable_x64"))
+        cached = object.__getattribute__(self, "_children")
+        if cached is not None and cached[0] == x64 and not any(a.is_deleted() for a in cached[2]):
+            return cached[1]
+        values = object.__getattribute__(self, "_values")
+        made: list = []
+        children = [as_leaf_arrays(values[k], made) for k in sorted(values)]
+        if not any(isinstance(a, jax.core.Tracer) for a in made):
+            object.__setattr__(self, "_children", (x64, children, made))
+        return children
 
     def __getattr__(self, name):
         try:
@@ -170,11 +186,10 @@ class Hyperparams:
 
     def tree_flatten_with_keys(self):
         keys = tuple(sorted(self._values))
-        return [(jax.tree_util.GetAttrKey(k), as_leaf_arrays(self._values[k])) for k in keys], keys
+        return [(jax.tree_util.GetAttrKey(k), c) for k, c in zip(keys, self._flat_children())], keys
 
     def tree_flatten(self):
-        keys = tuple(sorted(self._values))
-        return [as_leaf_arrays(self._values[k]) for k in keys], keys
+        return self._flat_children(), tuple(sorted(self._values))
 
     @classmethod
     def tree_unflatten(cls, keys, children):
@@ -187,31 +202,29 @@ def _rebuild_hyperparams(values):
 
 # A Python float a user gave (``jgd.adam(1e-3)``) is kept as given, so eager updates compute
 # with it exactly as optax does; but it *flattens* to a weakly typed 0-d JAX array (what
-# ``jit`` would make of it anyway: the same dtype, the same program), cached per value, so
-# ``eqx.filter_jit`` and other filters that keep non-arrays static trace it instead of
-# retracing per value. Unflattening the very array that flattening gave (a tree_map that
-# left it alone, a filter's partition and combine) gives the number back.
-_ARRAY_OF_NUMBER: dict[tuple, jax.Array] = {}
+# ``jit`` would make of it anyway: the same dtype, the same program), so ``eqx.filter_jit``
+# and other filters that keep non-arrays static trace it instead of retracing per value.
+# Each optimizer makes its arrays once, on its first flatten (a new array per flatten would
+# cost tens of microseconds a dispatch), its own (a cache shared between optimizers would
+# hand one buffer to two leaves, which a donating jit refuses), and again when a donating
+# jit deleted them. Unflattening the very array that flattening gave (a tree_map that left
+# it alone, a filter's partition and combine) gives the number back.
 _NUMBER_OF_ARRAY: dict[int, tuple[jax.Array, Any]] = {}
-_CACHED_NUMBERS = 1 << 16
+_REMEMBERED = 1 << 16
 
 
-def _leaf_array(value):
+def _leaf_array(value, made: list):
     # Not ints: an ``in_axes`` tree (``jax.tree.map(lambda _: 0, opt)``) must flatten to ints.
     if type(value) not in (float, complex):
         return value
-    key = (type(value), repr(value), bool(jax.config.read("jax_enable_x64")))
-    array = _ARRAY_OF_NUMBER.get(key)
-    if array is None:
-        with jax.ensure_compile_time_eval():
-            array = jnp.asarray(value)
-        if isinstance(array, jax.core.Tracer):
-            return value
-        if len(_ARRAY_OF_NUMBER) >= _CACHED_NUMBERS:  # forget the oldest (both maps together)
-            old_key = next(iter(_ARRAY_OF_NUMBER))
-            _NUMBER_OF_ARRAY.pop(id(_ARRAY_OF_NUMBER.pop(old_key)), None)
-        _ARRAY_OF_NUMBER[key] = array
-        _NUMBER_OF_ARRAY[id(array)] = (array, value)
+    with jax.ensure_compile_time_eval():
+        array = jnp.asarray(value)
+    if isinstance(array, jax.core.Tracer):
+        return value
+    if len(_NUMBER_OF_ARRAY) >= _REMEMBERED:  # forget the oldest
+        del _NUMBER_OF_ARRAY[next(iter(_NUMBER_OF_ARRAY))]
+    _NUMBER_OF_ARRAY[id(array)] = (array, value)
+    made.append(array)
     return array
 
 
@@ -228,10 +241,10 @@ def _map_containers(function, value):
     return function(value)
 
 
-def as_leaf_arrays(value):
-    """A hyperparameter as it flattens: Python floats and complexes (in tuples, lists, dicts too) as
-    their cached weakly typed JAX scalars."""
-    return _map_containers(_leaf_array, value)
+def as_leaf_arrays(value, made: list):
+    """A hyperparameter as it flattens: Python floats and complexes (in tuples, lists, dicts
+    too) as new weakly typed JAX scalars, appended to ``made``."""
+    return _map_containers(functools.partial(_leaf_array, made=made), value)
 
 
 def as_given_numbers(value):

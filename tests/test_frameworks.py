@@ -232,3 +232,19 @@ def test_init_on_a_model_with_non_array_leaves_says_how_to_split():
     opt = jgd.adam(1e-3)
     with pytest.raises(TypeError, match=r"updates\.activation must be an array.*eqx\.partition"):
         opt.update(model, opt.init(params), params)
+
+
+def test_donated_state_with_equal_float_hyperparameters_steps_again_and_again():
+    """A train step that donates its state (flax's examples do) donates the optimizer's
+    float leaves too: each optimizer holds its own arrays (two equal floats are two
+    buffers, never one donated twice), remade once donated; numbers as without donation."""
+    tx = jgd.chain(jgd.clip_by_global_norm(1.0), jgd.adamw(1e-3, b1=0.9, weight_decay=0.9))
+    donating = jax.jit(train_step, donate_argnums=0)
+    plain = jax.jit(train_step)
+    make = lambda: jgd.flax.TrainState.create(apply_fn=MODEL.apply, params=jax.tree.map(jnp.copy, PARAMS), tx=tx)
+    state, reference = make(), make()
+    for _ in range(3):
+        state, reference = donating(state), plain(reference)
+    again = donating(make())  # the same optimizer object, its first arrays donated above
+    assert_trees_close(state.params, reference.params, rtol=0, atol=0)
+    assert_trees_close(again.params, plain(make()).params, rtol=0, atol=0)
