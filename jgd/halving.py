@@ -102,6 +102,9 @@ def halving(
       >>> s.steps_spent  # 9·10 + 3·(30 − 10) + 1·(90 − 30)
       210
     """
+    if isinstance(factory, dict):
+        raise TypeError("halving takes one factory; a dict of factories (the optimizer as a hyperparameter) "
+                        "is supported by jgd.sweep, or run one halving per factory")
     if not callable(factory):
         raise TypeError(f"factory must be an optimizer factory such as jgd.adam, got {factory!r}")
     steps = _check_int("steps", steps, 1)

@@ -194,6 +194,11 @@ def sweep(
       fun: the loss, as for [`jgd.minimize`][jgd.minimize.minimize].
       params: a pytree, or a function ``key -> params`` (a fresh init per seed).
       factory: an optimizer factory, e.g. ``jgd.momentum``; called with each grid point.
+        Or a dict ``{name: factory}`` with ``grid`` (or ``points``) a dict ``{name: that
+        factory's grid}``: the optimizer itself as a hyperparameter (a conditional space).
+        Each factory's runs are swept apart (none computes another's rule) and joined in
+        one result, flat (grid shape ``(K,)``), with an ``optimizer`` entry in ``hparams``
+        (NaN for a hyperparameter a factory does not have); ``best()`` ranks them all.
       grid: ``{name: values}``; the Cartesian product of the axes is swept. An axis may
         be a distribution (``jgd.loguniform``, ``jgd.uniform``, ``jgd.choice``) instead.
       points: explicit points instead of a grid: ``{name: values}`` with lists (or
@@ -250,6 +255,10 @@ def sweep(
       >>> best["params"].round(3)  # the winner's trained params, no retraining
       array([1., 1.], dtype=float32)
     """
+    if isinstance(factory, dict):
+        return _each_factory(fun, params, factory, grid, points, seeds=seeds, key=key, samples=samples,
+                             capacity=capacity, chunk_size=chunk_size, keep_params=keep_params, save_dir=save_dir,
+                             save_every=save_every, progress=progress, **minimize_kwargs)
     if not callable(factory):
         raise TypeError(f"factory must be an optimizer factory such as jgd.adam, got {factory!r}")
     seeds = _check_int("seeds", seeds, 1)
@@ -307,6 +316,37 @@ def sweep(
         monitor=None if evaluate is None else evaluate.monitor,
         mode="min" if evaluate is None else evaluate.mode,
     )
+
+
+def _each_factory(fun, params, factories: dict, grid, points, *, save_dir, **kwargs) -> SweepResult:
+    """``sweep`` with ``factory`` a dict name → factory and ``grid`` (or ``points``) a dict
+    name → that factory's grid: one sweep per factory (no run computes another factory's
+    rule; the same key and seeds, so the seed rule holds run by run), joined into one
+    result with an ``optimizer`` entry (`SweepResult.joined`)."""
+    if not factories:
+        raise ValueError("factory={} names no factory; give {name: factory} with at least one")
+    for name, factory in factories.items():
+        if not isinstance(name, str) or not callable(factory):
+            raise TypeError(f"factory[{name!r}] must be an optimizer factory such as jgd.adam (names are "
+                            f"strings), got {factory!r}")
+    if (grid is None) == (points is None):
+        raise ValueError("sweep takes grid= or points=, one of them; with a dict of factories, a dict "
+                         f"{{factory name: its grid}}; got {'both' if points is not None else 'neither'}")
+    argument, spaces = ("grid", grid) if grid is not None else ("points", points)
+    if not isinstance(spaces, dict) or set(spaces) != set(factories):
+        given = sorted(spaces) if isinstance(spaces, dict) else spaces
+        raise ValueError(f"with factory a dict, {argument} must be a dict {{factory name: its {argument}}} with "
+                         f"the names {sorted(factories)}; got {given!r}")
+    for name, space in spaces.items():
+        if not isinstance(space, dict):
+            raise TypeError(f"{argument}[{name!r}] must be a dict {{hyperparameter: values}}, got {space!r}")
+        if "optimizer" in space:
+            raise ValueError(f"{argument}[{name!r}] names a hyperparameter 'optimizer', which the joined "
+                             "result uses for the factory's name")
+    results = {name: sweep(fun, params, factory, **{argument: spaces[name]},
+                           save_dir=None if save_dir is None else os.path.join(os.fspath(save_dir), name), **kwargs)
+               for name, factory in factories.items()}
+    return SweepResult.joined(results)
 
 
 def run_keys(seed_keys, num_points):

@@ -4,6 +4,7 @@ ways to read them (``best``, ``table``, ``plot``, ``to_dataframe``)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -35,6 +36,24 @@ def _smooth(curve, points=200):
     x = np.arange(window, steps + 1)
     stride = max(1, smooth.size // points)
     return x[::stride], smooth[::stride]
+
+
+def _cell(value, spec: str) -> str:
+    """A hyperparameter's value in a table or label: numbers by ``spec`` (``">14.6g"``),
+    names as they are, ``-`` where the point's factory has no such hyperparameter (NaN)."""
+    if isinstance(value, (str, np.str_)):
+        text = str(value)
+    elif np.isnan(value):
+        text = "-"
+    else:
+        return f"{value:{spec}}"
+    width = spec[1:].split(".")[0] if spec.startswith(">") else ""
+    return f"{text:>{width}}" if width else text
+
+
+# the per-run fields, shaped (*grid_shape, seeds, ...)
+_PER_RUN = ("losses", "final_loss", "best_loss", "num_steps", "converged", "diverged", "stopped_early", "best_step")
+_PER_RUN_TREES = ("aux", "params", "best_params", "model_state", "best_model_state")
 
 
 @dataclasses.dataclass
@@ -121,6 +140,37 @@ class SweepResult:
             model_state=out.get("model_state"), best_model_state=out.get("best_model_state"),
             **fields,
         )
+
+    @classmethod
+    def joined(cls, results: dict[str, SweepResult], name: str = "optimizer") -> SweepResult:
+        """One result from sweeps of several factories (``{factory name: its sweep}``):
+        every sweep's points flattened, one after another (grid shape ``(K,)``); ``hparams``
+        has every factory's hyperparameters (NaN where a factory has none of that name) and
+        ``name``, the factory's name at each point; ``best()`` ranks all of them."""
+        parts = list(results.values())
+        flat = [{f: None if getattr(r, f) is None else getattr(r, f).reshape((-1,) + getattr(r, f).shape[len(r.grid_shape):])
+                 for f in _PER_RUN} for r in parts]
+        sizes = [math.prod(r.grid_shape) for r in parts]
+        names = list(dict.fromkeys(n for r in parts for n in r.hparams))
+        hparams = {n: np.concatenate([np.asarray(r.hparams[n], np.float64).ravel() if n in r.hparams
+                                      else np.full(k, np.nan) for r, k in zip(parts, sizes)]) for n in names}
+        hparams[name] = np.concatenate([np.full(k, factory) for factory, k in zip(results, sizes)])
+        fields: dict[str, Any] = {f: None if flat[0][f] is None else np.concatenate([part[f] for part in flat])
+                                  for f in _PER_RUN}
+
+        def trees(field):
+            values = [getattr(r, field) for r in parts]
+            if values[0] is None:
+                return None
+            return jax.tree.map(lambda *xs: np.concatenate([x.reshape((-1,) + x.shape[len(r.grid_shape):])
+                                                            for x, r in zip(xs, parts)]), *values)
+
+        evals = {metric: np.concatenate([r.evals[metric].reshape((-1,) + r.evals[metric].shape[len(r.grid_shape):])
+                                         for r in parts]) for metric in parts[0].evals}
+        first = parts[0]
+        return cls(grid=dict(hparams), hparams=hparams, evals=evals, eval_steps=first.eval_steps,
+                   monitor=first.monitor, mode=first.mode, sampled=True,
+                   **fields, **{field: trees(field) for field in _PER_RUN_TREES})
 
     @property
     def grid_shape(self):
@@ -223,7 +273,7 @@ class SweepResult:
         best = order[0] if np.isfinite(mean).any() else -1
         for flat in order:
             index = np.unravel_index(flat, mean.shape)
-            values_ = " ".join(f"{self.hparams[n][index]:>14.6g}" for n in names)
+            values_ = " ".join(_cell(self.hparams[n][index], ">14.6g") for n in names)
             cells = "".join(f" {columns[c][index]:>12.6g}" for c in columns)
             mark = "*" if flat == best else " "
             note = "  diverged" if self.diverged[index].any() else ""
@@ -283,7 +333,7 @@ class SweepResult:
             flat_order = np.argsort(mean if mode == "min" else -mean, axis=None, kind="stable")[:8]
             for rank, flat in enumerate(flat_order):
                 index = np.unravel_index(flat, mean.shape)
-                label = ", ".join(f"{n}={self.hparams[n][index]:.3g}" for n in names)
+                label = ", ".join(f"{n}={_cell(self.hparams[n][index], '.3g')}" for n in names)
                 held_out.plot(self.eval_steps, evals[index], marker=".", label=label,
                               color="black" if rank == 0 and has_best else None, lw=1.8 if rank == 0 else 0.9)
             held_out.set(xlabel="step", ylabel=f"{metric} (mean over seeds)", title=f"held-out {metric}, best 8 points")
