@@ -89,10 +89,9 @@ def optimize(study, fun: Callable, params, factory: Callable, suggest: Callable,
         names = _common_names(suggested, asked, study, optuna)
         points = {name: [s[name] for s in suggested] for name in names}
         result = sweep(fun, params, factory, points=points, capacity=batch, **sweep_kwargs)
-        values, _, _ = result.scores()
-        usable = (np.isfinite(values) & ~result.diverged).all(-1)
-        for trial, value, ok in zip(asked, values.mean(-1), usable):
-            if ok:
+        means = result._point_scores()[0]  # best()'s ranking: ±inf where a seed diverged or is not finite
+        for trial, value in zip(asked, means):
+            if np.isfinite(value):
                 study.tell(trial, float(value))
             else:
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
