@@ -148,8 +148,11 @@ class SweepResult:
         has every factory's hyperparameters (NaN where a factory has none of that name) and
         ``name``, the factory's name at each point; ``best()`` ranks all of them."""
         parts = list(results.values())
-        flat = [{f: None if getattr(r, f) is None else getattr(r, f).reshape((-1,) + getattr(r, f).shape[len(r.grid_shape):])
-                 for f in _PER_RUN} for r in parts]
+
+        def points(x, r):  # (*r.grid_shape, ...) -> (points, ...)
+            return x.reshape((-1,) + x.shape[len(r.grid_shape):])
+
+        flat = [{f: None if getattr(r, f) is None else points(getattr(r, f), r) for f in _PER_RUN} for r in parts]
         sizes = [math.prod(r.grid_shape) for r in parts]
         names = list(dict.fromkeys(n for r in parts for n in r.hparams))
         hparams = {n: np.concatenate([np.asarray(r.hparams[n], np.float64).ravel() if n in r.hparams
@@ -162,11 +165,9 @@ class SweepResult:
             values = [getattr(r, field) for r in parts]
             if values[0] is None:
                 return None
-            return jax.tree.map(lambda *xs: np.concatenate([x.reshape((-1,) + x.shape[len(r.grid_shape):])
-                                                            for x, r in zip(xs, parts)]), *values)
+            return jax.tree.map(lambda *xs: np.concatenate([points(x, r) for x, r in zip(xs, parts)]), *values)
 
-        evals = {metric: np.concatenate([r.evals[metric].reshape((-1,) + r.evals[metric].shape[len(r.grid_shape):])
-                                         for r in parts]) for metric in parts[0].evals}
+        evals = {metric: np.concatenate([points(r.evals[metric], r) for r in parts]) for metric in parts[0].evals}
         first = parts[0]
         return cls(grid=dict(hparams), hparams=hparams, evals=evals, eval_steps=first.eval_steps,
                    monitor=first.monitor, mode=first.mode, sampled=True,
