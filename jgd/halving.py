@@ -13,19 +13,19 @@ import numpy as np
 from jgd._arguments import _as_key, _check_bool, _check_int
 from jgd.checkpoint import sweep_fingerprint
 from jgd.evaluation import Eval
-from jgd.sweep import _check_kwargs, _run, empty_store, grid_points, record_segment, run_keys, sweep_saved
+from jgd.sweep import (
+    _check_kwargs,
+    default_chunk,
+    empty_store,
+    grid_points,
+    record_segment,
+    run_keys,
+    sweep_saved,
+    sweep_segments,
+)
 from jgd.sweep_result import SweepResult
 
 __all__ = ["halving"]
-
-
-def _saved_rung(args, carried, save_dir, save_every, r, fingerprint):
-    """One rung's runs through the saved sweep's segments, as ``_run``'s outputs."""
-    store, carried = sweep_saved(*args, save_dir=os.path.join(os.fspath(save_dir), f"rung{r}"),
-                                 save_every=save_every, fingerprint=fingerprint, carried=carried,
-                                 return_carry=True)
-    store.pop("stopped", None)
-    return {**store, "carried": carried}
 
 
 def rung_budgets(min_steps: int, eta: int, steps: int) -> list:
@@ -173,22 +173,35 @@ def halving(
 
 def _rungs(fun, params, factory, names, points, seeds, seed_keys, key_impl, chunk_size, keep_params, minimize_kwargs,
            evaluate, budgets, every, save_dir, save_every, key, steps, eta, bar):
-    """The rungs, one after another: every run's records, the last rung each reached and the run-steps spent."""
+    """The rungs, one after another: every run's records, the last rung each reached and the run-steps spent.
+
+    Every rung goes in segments of the same length (``save_every``, or the rung budgets'
+    common divisor) over chunks of the same size (the first rung's), so that every call of
+    every rung is one compiled program: a rung compiles nothing (measured on the digits
+    MLP, a compilation costs about as much as a whole rung's runs)."""
     num = points.shape[0]
     alive = np.arange(num)
     rung = np.zeros(num, np.int32)
+    segment = save_every or math.gcd(*budgets)
+    all_keys = run_keys(seed_keys, num)
+    chunk = chunk_size or default_chunk(params, all_keys, key_impl, num * seeds)
     carried, store, done, spent = None, None, 0, 0
     for r, budget in enumerate(budgets):
         if bar is not None:
             bar.set_postfix(configurations=alive.size, steps=budget)
         run_steps = budget - done
         args = (fun, params, factory, names, np.repeat(points[alive], seeds, axis=0), run_keys(seed_keys, alive.size),
-                key_impl, chunk_size, keep_params, {**minimize_kwargs, "steps": run_steps, "evaluate": evaluate})
+                key_impl, chunk, keep_params, {**minimize_kwargs, "steps": run_steps, "evaluate": evaluate})
         if save_dir is None:
-            out = _run(*args, carried=carried, emit_carry=True)
+            out, carried = sweep_segments(*args, segment=segment, carried=carried, return_carry=True,
+                                          pad_to_chunk=True)
         else:
-            out = _saved_rung(args, carried, save_dir, save_every, r, sweep_fingerprint(
-                "halving", args, grid=points[alive], seeds=seeds, key=key, rung=r, budgets=budgets))
+            fingerprint = sweep_fingerprint("halving", args, grid=points[alive], seeds=seeds, key=key, rung=r,
+                                            budgets=budgets)
+            out, carried = sweep_saved(*args, save_dir=os.path.join(os.fspath(save_dir), f"rung{r}"),
+                                       save_every=save_every, fingerprint=fingerprint, carried=carried,
+                                       return_carry=True, pad_to_chunk=True)
+        out.pop("stopped", None)
         if store is None:
             store = empty_store(out, num * seeds, steps, every)
         rows = (alive[:, None] * seeds + np.arange(seeds)).ravel()
@@ -206,7 +219,7 @@ def _rungs(fun, params, factory, names, points, seeds, seed_keys, key_impl, chun
         keep = np.sort(np.argsort(mean, kind="stable")[: max(1, alive.size // eta)])
         alive = alive[keep]
         kept_rows = (keep[:, None] * seeds + np.arange(seeds)).ravel()
-        carried = jax.tree.map(lambda x: x[kept_rows], out["carried"])
+        carried = jax.tree.map(lambda x: x[kept_rows], carried)
 
     assert store is not None  # there is always a rung
     store.pop("stopped")

@@ -59,10 +59,13 @@ def test_trials_equal_a_plain_optuna_objective_with_minimize_and_compile_once():
 
 def test_the_study_compiles_once_across_batches():
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    jgd.optuna.optimize(study, loss, init, jgd.momentum, suggest, trials=2, batch=2, **KWARGS)
+    fresh = lambda w, batch: loss(w, batch)  # noqa: E731 - a loss no other test compiled
+    with jgd.debug.count_compiles() as first:
+        jgd.optuna.optimize(study, fresh, init, jgd.momentum, suggest, trials=2, batch=2, **KWARGS)
     with jgd.debug.count_compiles() as compiles:  # two more batches, the last one shorter
-        jgd.optuna.optimize(study, loss, init, jgd.momentum, suggest, trials=3, batch=2, **KWARGS)
-    assert compiles.of("_run") == 0 and len(study.trials) == 5
+        jgd.optuna.optimize(study, fresh, init, jgd.momentum, suggest, trials=3, batch=2, **KWARGS)
+    assert first.of("program") == 1  # the sweeps' program (its name as counted)
+    assert compiles.of("program") == 0 and len(study.trials) == 5
 
 
 def test_a_diverged_run_is_a_failed_trial_and_the_others_are_told():

@@ -20,6 +20,7 @@ def val_mse(w, data):
 
 
 EVALUATE = jgd.Eval(val_mse, (X_VAL, Y_VAL), every=5, monitor="mse")
+EVALUATE_4 = jgd.Eval(val_mse, (X_VAL, Y_VAL), every=4, monitor="mse")
 COMMON = dict(data=(sweep_case.X, sweep_case.Y), batch_size=8)
 
 
@@ -110,6 +111,18 @@ def test_survivors_equal_minimize_runs_for_the_steps_they_reached(halved):
     best = halved.best()
     assert halved.rung[best["index"][0]] >= 1
     assert "rung" in halved.to_dataframe().columns
+
+
+def test_every_rung_of_a_halving_is_one_compiled_program():
+    """Rungs of 16, 5 and 1 configurations (3 seeds: 48, 15, 3 runs), running 4, 8 and 24
+    steps: one compilation of the segment program for all of them (jax's compile log)."""
+    fresh = lambda w, batch: sweep_case.loss(w, batch)  # noqa: E731 - a loss no other test compiled
+    with jgd.debug.count_compiles() as compiles:
+        s = jgd.halving(fresh, sweep_case.init, jgd.momentum, {"learning_rate": jgd.loguniform(1e-3, 0.3)},
+                        samples=16, seeds=3, steps=36, min_steps=4, eta=3, evaluate=EVALUATE_4, **COMMON)
+    assert np.bincount(s.rung).tolist() == [11, 4, 1]
+    assert compiles.of("program") == 1, compiles.names
+    assert compiles.of("initial_program") == 1, compiles.names
 
 
 def test_halving_over_a_grid_lists_its_points():
