@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jgd import checkpoint
+from jgd import _compile, checkpoint
 from jgd._engine import Engine, LoopState, Result, initial_state, shapes
 from jgd._transform import unwrap
 
@@ -26,7 +26,7 @@ from jgd._transform import unwrap
 HOST_STEPS = 2
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(_compile.jit, static_argnums=0)
 def to_the_end(config, opt, params, model_state, state, key, data, eval_data, tol) -> Result:
     """The whole run as one program."""
     engine = Engine(config, opt, params, model_state, key, data, eval_data, tol)
@@ -54,7 +54,7 @@ def to_the_end(config, opt, params, model_state, state, key, data, eval_data, to
     return engine.result(c)
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(_compile.jit, static_argnums=0)
 def fresh_state(config, opt, params, model_state, key, data, eval_data) -> LoopState:
     """The loop state a fresh run starts from (what ``init_state=None`` makes)."""
     best_dtype = shapes(config, params, model_state, data, eval_data, key)[3]
@@ -65,24 +65,24 @@ def _engine(config, opt, c, key, data, eval_data, tol):
     return Engine(config, opt, c.step.params, c.step.model_state, key, data, eval_data, tol)
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(_compile.jit, static_argnums=0)
 def _host_initial(config, opt, params, model_state, state, key, data, eval_data, tol):
     return Engine(config, opt, params, model_state, key, data, eval_data, tol).initial(params, model_state, state)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 9))
+@functools.partial(_compile.jit, static_argnums=(0, 9))
 def _host_steps(config, opt, key, data, eval_data, tol, c, first, segment_end, length):
     return _engine(config, opt, c, key, data, eval_data, tol).advance(c, first, length, segment_end, unroll=True)
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(_compile.jit, static_argnums=0)
 def _host_conclude(config, opt, key, data, eval_data, tol, c, segment_end):
     engine = _engine(config, opt, c, key, data, eval_data, tol)
     c = engine.conclude(c, segment_end)
     return c, engine.running(c), c.losses[jnp.maximum(c.step.t - c.start - 1, 0)]
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(_compile.jit, static_argnums=0)
 def _host_result(config, opt, key, data, eval_data, tol, c):
     return _engine(config, opt, c, key, data, eval_data, tol).result(c)
 

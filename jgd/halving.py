@@ -15,6 +15,7 @@ from jgd.checkpoint import sweep_fingerprint
 from jgd.evaluation import Eval
 from jgd.sweep import (
     _check_kwargs,
+    _cpu_lanes,
     default_chunk,
     empty_store,
     grid_points,
@@ -171,6 +172,22 @@ def halving(
                                  mode=evaluate.mode, rung=rung, steps_spent=int(spent))
 
 
+def _rung_chunk(params, key_data, key_impl, num, seeds, eta, rungs):
+    """The runs of one call of every rung's program. On CPU at most the last rung's runs
+    per lane (core), so that it is not padded up to the first rung's chunk and runs on
+    every core (measured on the digits MLP: chunks of 32 made halving's compiled search
+    0.77x the grid's time, against chunks of the last rung's size); on GPU/TPU the whole
+    first rung, whose padding in later rungs costs a small model nothing."""
+    chunk = default_chunk(params, key_data, key_impl, num * seeds)
+    if jax.default_backend() != "cpu":
+        return chunk
+    last = num
+    for _ in range(rungs - 1):
+        last = max(1, last // eta)
+    per_device = -(-last * seeds // jax.device_count())
+    return max(1, min(chunk, -(-per_device // _cpu_lanes())))
+
+
 def _rungs(fun, params, factory, names, points, seeds, seed_keys, key_impl, chunk_size, keep_params, minimize_kwargs,
            evaluate, budgets, every, save_dir, save_every, key, steps, eta, bar):
     """The rungs, one after another: every run's records, the last rung each reached and the run-steps spent.
@@ -184,7 +201,7 @@ def _rungs(fun, params, factory, names, points, seeds, seed_keys, key_impl, chun
     rung = np.zeros(num, np.int32)
     segment = save_every or math.gcd(*budgets)
     all_keys = run_keys(seed_keys, num)
-    chunk = chunk_size or default_chunk(params, all_keys, key_impl, num * seeds)
+    chunk = chunk_size or _rung_chunk(params, all_keys, key_impl, num, seeds, eta, len(budgets))
     carried, store, done, spent = None, None, 0, 0
     for r, budget in enumerate(budgets):
         if bar is not None:
