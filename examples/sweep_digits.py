@@ -107,6 +107,7 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.cache_dir and not args.smoke:
         jax.config.update("jax_compilation_cache_dir", args.cache_dir)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # every program, small ones too
     if args.smoke:
         main(steps=10, num_lrs=3, seeds=2, every=5)
     else:
