@@ -122,10 +122,21 @@ def hypergradient(data):
     return "\n".join(out)
 
 
+def cold_start(data):
+    r = data["results"]
+    out = ["The main job (384 runs × 400 steps) in fresh processes, medians:", "",
+           "| contender | process s | search s | compile s |", "|---|---|---|---|"]
+    for name, row in r["results"].items():
+        out.append(f"| {name} | {row['process_s']:.2f} | {row['search_s']:.2f} | {row['compile_s']:.2f} |")
+    out += ["", ", ".join(f"{name} {value:.2f}" for name, value in r["ratios"].items())]
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
     for name, render in (("update_step", update_step), ("compile_time", compile_time),
                          ("minimize_vs_loop", minimize_vs_loop), ("sweep_vs_sequential", sweep_vs_sequential),
-                         ("halving_vs_grid", halving_vs_grid), ("hypergradient", hypergradient)):
+                         ("halving_vs_grid", halving_vs_grid), ("hypergradient", hypergradient),
+                         ("cold_start", cold_start)):
         data = load(name)
         if data:
             print(f"\n### {name} ({data['machine']['date']}, {data['machine']['cpu_count']} cores, "

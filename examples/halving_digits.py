@@ -6,8 +6,8 @@ SGD with momentum and weight decay).
 81 configurations are sampled (learning rate and weight decay log-uniformly, momentum
 uniformly). The full grid runs every one of them for all the steps as one sweep;
 halving (eta = 3) runs all of them for 48 steps, keeps the best third by validation
-accuracy, runs those on to 144 steps in all, then the best third of those to 432, each rung one
-compiled program whose survivors continue where they stopped. Prints the best validation
+accuracy, runs those on to 144 steps in all, then the best third of those to 432, every rung
+calls of the same compiled program, whose survivors continue where they stopped. Prints the best validation
 accuracy, the run-steps spent and the wall time of each, side by side.
 """
 

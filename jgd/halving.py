@@ -1,5 +1,5 @@
-"""``jgd.halving``: successive halving, every rung one compiled program whose survivors
-continue from where they stopped."""
+"""``jgd.halving``: successive halving, every rung calls of the same compiled program, whose
+survivors continue from where they stopped."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def halving(
     progress: bool = False,
     **minimize_kwargs,
 ) -> SweepResult:
-    """Successive halving over ``grid`` (or ``samples`` points of it), each rung ONE program.
+    """Successive halving over ``grid`` (or ``samples`` points of it), all rungs ONE program.
 
     Rung ``r`` runs its configurations until they have run ``min_steps·eta^r`` steps in
     all (the last rung: ``steps``), continuing each from where it stopped (optimizer and

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from typing import Any
 
 import jax
@@ -257,7 +258,6 @@ class SweepResult:
         recorded value; with a monitor ``best <metric>`` and ``best step``, the mean best
         value and where it was reached; with [`jgd.halving`][jgd.halving.halving] the ``rung`` each point
         reached; ``seed std`` of the score; ``diverged`` where a run did."""
-        import warnings
 
         mean, values, by, mode = self._point_scores()
         with warnings.catch_warnings():  # all-NaN columns (every seed diverged) stay NaN
@@ -305,7 +305,6 @@ class SweepResult:
         norm = (matplotlib.colors.LogNorm(finite.min(), max(finite.max(), finite.min() * (1 + 1e-9))) if log
                 else matplotlib.colors.Normalize(finite.min(), finite.max()))
         cmap = plt.get_cmap("viridis")
-        import warnings
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -330,7 +329,9 @@ class SweepResult:
         if self.evals:
             metric = self.monitor if self.monitor is not None else next(iter(self.evals))
             held_out = axes[1]
-            evals = np.nanmean(self.evals[metric], axis=-2)  # mean over seeds
+            with warnings.catch_warnings():  # entries past a halving run's last rung are NaN for every seed
+                warnings.simplefilter("ignore", RuntimeWarning)
+                evals = np.nanmean(self.evals[metric], axis=-2)  # mean over seeds
             flat_order = np.argsort(mean if mode == "min" else -mean, axis=None, kind="stable")[:8]
             for rank, flat in enumerate(flat_order):
                 index = np.unravel_index(flat, mean.shape)
