@@ -61,9 +61,34 @@ def sweep_fingerprint(kind: str, run_args: tuple, *, grid, seeds: int, key, **ex
     _, params, factory, names, _, key_data, key_impl, _, keep_params, kwargs = run_args
     if _is_init_function(params):  # an init function: the shapes it makes
         params = jax.eval_shape(params, jax.random.wrap_key_data(key_data[0], impl=key_impl))
-    return dict(kind=kind, steps=kwargs["steps"], grid=grid, names=list(names), seeds=seeds, key=key,
+    # layout 2: a run's params are saved once, in its carry (not again among its results)
+    return dict(kind=kind, layout=2, steps=kwargs["steps"], grid=grid, names=list(names), seeds=seeds, key=key,
                 factory=getattr(factory, "__qualname__", repr(factory)), params=params,
                 data=kwargs.get("data"), batch_size=kwargs.get("batch_size"), keep_params=keep_params, **extra)
+
+
+def _packed(state) -> dict:
+    """``state``'s leaves as one flat array per dtype (``{dtype name: array}``): orbax's
+    cost is per array (threads, futures, files), and a run's state is dozens of small
+    ones (measured: 8 saves of the digits sweep's ~30 arrays took 0.43 s on the host)."""
+    groups: dict = {}
+    for leaf in jax.tree.leaves(state):
+        leaf = np.asarray(leaf)
+        groups.setdefault(leaf.dtype.name, []).append(leaf.ravel())
+    return {name: np.concatenate(parts) for name, parts in groups.items()}
+
+
+def _unpacked(packed: dict, like):
+    """The tree shaped like ``like`` whose leaves ``_packed`` put in ``packed``."""
+    leaves, treedef = jax.tree.flatten(like)
+    offsets: dict = {}
+    out = []
+    for leaf in leaves:
+        leaf = np.asarray(leaf)
+        name, start = leaf.dtype.name, offsets.get(leaf.dtype.name, 0)
+        out.append(packed[name][start:start + leaf.size].reshape(leaf.shape))
+        offsets[name] = start + leaf.size
+    return jax.tree.unflatten(treedef, out)
 
 
 class Saver:
@@ -101,15 +126,15 @@ class Saver:
                     f"now {[_jsonable(self.fingerprint.get(d)) for d in differences]!r:.300}); "
                     "use another save_dir or remove it"
                 )
-            target = jax.tree.map(lambda x: np.zeros(np.shape(x), np.asarray(x).dtype), like)
+            target = _packed(jax.tree.map(lambda x: np.zeros(np.shape(x), np.asarray(x).dtype), like))
             try:
-                state = self.manager.restore(step, args=ocp.args.Composite(
+                packed = self.manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(target)))["state"]
             except Exception as error:  # noqa: BLE001 - any damage: fall back
                 warnings.warn(f"checkpoint {step} in {self.path} is damaged ({type(error).__name__}: "
                               f"{str(error)[:200]}); trying the previous one", RuntimeWarning, stacklevel=3)
                 continue
-            state = jax.tree.map(np.asarray, state)
+            state = _unpacked(jax.tree.map(np.asarray, packed), like)
             print(f"jgd: resuming from {self.path} at step {step} of {self.fingerprint.get('steps')}",
                   file=sys.stderr)
             return state, step
@@ -120,7 +145,7 @@ class Saver:
         while the next segment runs, and complete before the next save or ``close``)."""
         ocp = self.ocp
         self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(_jsonable(self.fingerprint))))
+            state=ocp.args.StandardSave(_packed(state)), meta=ocp.args.JsonSave(_jsonable(self.fingerprint))))
 
     def close(self) -> None:
         self.manager.wait_until_finished()

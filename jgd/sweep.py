@@ -148,7 +148,9 @@ def _chunk_size(params_spec, runs_per_device):
 def default_chunk(params, key_data, key_impl, runs, carried=None):
     """The runs vmapped together on a device when ``chunk_size`` is not given (see
     ``_chunk_size``), for ``runs`` runs of ``params`` (or of ``carried``'s params)."""
-    if carried is not None:
+    if isinstance(carried, DeviceCarry):
+        params_spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), carried.calls[0]["params"])
+    elif carried is not None:
         params_spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), carried["params"])
     elif _is_init_function(params):
         params_spec = jax.eval_shape(params, jax.random.wrap_key_data(key_data[0], impl=key_impl))
@@ -382,7 +384,7 @@ def run_keys(seed_keys, num_points):
 
 
 def _run(fun, params, factory, names, run_points, key_data, key_impl, chunk_size, keep_params,
-         minimize_kwargs, carried=None, emit_carry=False, abstract=False, pad_to_chunk=False):
+         minimize_kwargs, carried=None, emit_carry=False, abstract=False, pad_to_chunk=False, keep_on_device=False):
     """The runs as calls of one compiled program: ``{field: (runs, ...)}`` in numpy. Run
     ``i`` has the hyperparameters ``run_points[i]`` and the key ``key_data[i]``; with
     ``carried`` (``{"params", "state", "model_state"}``, leading run axis) each run
@@ -395,7 +397,10 @@ def _run(fun, params, factory, names, run_points, key_data, key_impl, chunk_size
     chunks rather than a loop over chunks inside the program, because every loop level of
     the program costs compile time (measured: 0.2 s of the digits sweep's 2.2 s). With
     ``pad_to_chunk``, ``chunk_size`` is kept even above the runs per device (runs padded
-    up to it), so that any number of runs reuses the same program (halving's rungs)."""
+    up to it), so that any number of runs reuses the same program (halving's rungs).
+    ``carried`` may be a ``DeviceCarry``; with ``keep_on_device``, the output's
+    ``carried`` is one (the runs' state stays on device). With ``emit_carry`` the output
+    has no params (nor model state): they are the carry's."""
     runs = run_points.shape[0]
     devices = jax.devices()
     num_devices = len(devices)
@@ -410,7 +415,10 @@ def _run(fun, params, factory, names, run_points, key_data, key_impl, chunk_size
     total = num_calls * call_size
     # Padding repeats run 0; its copies are dropped below.
     pad = lambda x: np.concatenate([x, np.repeat(x[:1], total - runs, 0)])  # noqa: E731
-    per_run = (pad(run_points), pad(key_data), jax.tree.map(lambda x: pad(np.asarray(x)), carried))
+    on_device = isinstance(carried, DeviceCarry)
+    if on_device and len(carried.calls) != num_calls:
+        raise AssertionError("a DeviceCarry is laid out for another number of calls")
+    per_run = (pad(run_points), pad(key_data), None if on_device else jax.tree.map(lambda x: pad(np.asarray(x)), carried))
 
     kwargs = dict(minimize_kwargs)
     data = kwargs.pop("data", None)
@@ -430,19 +438,61 @@ def _run(fun, params, factory, names, run_points, key_data, key_impl, chunk_size
     fixed = lambda x: None if _is_init_function(x) or carried is not None else x  # noqa: E731
     shared = jax.tree.map(lambda x: _put(np.asarray(x), replicated),
                           (fixed(params), fixed(model_state), data, eval_data, tol))
-    call = lambda i: jax.tree.map(lambda x: _put(x[i:i + call_size], shard), per_run) + shared  # noqa: E731
+    def call(k):
+        points, keys, given = jax.tree.map(lambda x: _put(x[k * call_size:(k + 1) * call_size], shard), per_run)
+        return (points, keys, carried.calls[k] if on_device else given) + shared
+
     first = call(0)
     if abstract:
         return jax.eval_shape(functools.partial(program, mesh), *first)
     executable = _executable(program, mesh, *_signature(first))
-    starts = range(0, total, call_size)
     if lanes == 1:  # dispatched asynchronously, one after another
-        outs = [executable(*(first if i == 0 else call(i))) for i in starts]
+        outs = [executable(*(first if k == 0 else call(k))) for k in range(num_calls)]
     else:
-        outs = list(_lane_pool(lanes).map(lambda i: jax.block_until_ready(executable(*(first if i == 0 else call(i)))),
-                                          starts))
+        outs = list(_lane_pool(lanes).map(lambda k: jax.block_until_ready(executable(*(first if k == 0 else call(k)))),
+                                          range(num_calls)))
+    kept = DeviceCarry([out.pop("carried") for out in outs], runs, shard) if keep_on_device else None
     outs = [jax.tree.map(_gather, out) for out in outs]
-    return jax.tree.map(lambda *x: np.concatenate(x)[:runs], *outs)
+    out = jax.tree.map(lambda *x: np.concatenate(x)[:runs], *outs)
+    if kept is not None:
+        out["carried"] = kept
+    return out
+
+
+class DeviceCarry:
+    """What runs continue from, left on device between calls of ``_run``: one tree per
+    call of its program (runs padded to whole calls), so a run in segments sends its
+    state to the device once, not every segment."""
+
+    def __init__(self, calls, runs, sharding):
+        self.calls, self.runs, self.sharding = calls, runs, sharding
+
+    def numpy(self):
+        """The runs' trees on the host, leading run axis (padding dropped)."""
+        return jax.tree.map(lambda *x: np.concatenate([_gather(a) for a in x])[:self.runs], *self.calls)
+
+    def like(self, host):
+        """A ``DeviceCarry`` laid out as this one, holding the runs of ``host`` (a tree with
+        a leading run axis)."""
+        size = jax.tree.leaves(self.calls[0])[0].shape[0]
+        total = len(self.calls) * size
+        padded = jax.tree.map(lambda x: np.concatenate([x, np.repeat(x[:1], total - x.shape[0], 0)]), host)
+        calls = [jax.tree.map(lambda x: _put(x[k * size:(k + 1) * size], self.sharding), padded)
+                 for k in range(len(self.calls))]
+        return DeviceCarry(calls, self.runs, self.sharding)
+
+    def keep(self, previous, stopped):
+        """This carry, but ``previous``'s for the runs ``stopped`` (host bools, one per run)."""
+        size = jax.tree.leaves(self.calls[0])[0].shape[0]
+        mask = np.concatenate([stopped, np.zeros(len(self.calls) * size - stopped.size, bool)])
+        calls = [_keep_stopped(old, new, _put(mask[k * size:(k + 1) * size], self.sharding))
+                 for k, (old, new) in enumerate(zip(previous.calls, self.calls))]
+        return DeviceCarry(calls, self.runs, self.sharding)
+
+
+@jax.jit
+def _keep_stopped(old, new, stopped):
+    return jax.tree.map(lambda a, b: jnp.where(stopped.reshape((-1,) + (1,) * (b.ndim - 1)), a, b), old, new)
 
 
 def initial_carry(fun, params, factory, names, run_points, key_data, key_impl, minimize_kwargs):
@@ -583,7 +633,7 @@ def _program(fun, init_fn, factory, names, kwargs, key_impl, state_fn, has_model
         out = dict(losses=r.losses, num_steps=r.num_steps, converged=r.converged,
                    diverged=r.diverged, stopped_early=r.stopped_early, best_loss=r.best_loss,
                    best_step=r.best_step, evals=r.evals, eval_steps=r.eval_steps, aux=r.aux)
-        if keep_params:
+        if keep_params and not emit_carry:  # a segment's params are its carry's
             out.update(params=r.params, best_params=r.best_params)
             if has_model_state:
                 out.update(model_state=r.model_state, best_model_state=r.best_model_state)
@@ -656,23 +706,35 @@ def sweep_segments(fun, params, factory, names, run_points, key_data, key_impl, 
                 carried, store = saved["carried"], saved["store"]
     if bar is not None:
         bar.update(done - bar.n)
+    on_device = None  # the runs' state between segments, once one has run: it stays on device
     while done < steps:
         out = _run(fun, params, factory, names, run_points, key_data, key_impl, chunk_size, keep_params,
-                   segment_kwargs, carried=carried, emit_carry=True, pad_to_chunk=pad_to_chunk)
+                   segment_kwargs, carried=carried if on_device is None else on_device, emit_carry=True,
+                   pad_to_chunk=pad_to_chunk, keep_on_device=True)
+        advanced = out.pop("carried")
         if store is None:
             store = empty_store(out, runs, steps, every)
-        rows = np.flatnonzero(~store["stopped"])  # a stopped run stays stopped, as in one minimize call
+        stopped = store["stopped"].copy()
+        rows = np.flatnonzero(~stopped)  # a stopped run stays stopped, as in one minimize call
         record_segment(store, out, rows, rows, done, segment, every)
         store["stopped"][rows] |= (out["converged"] | out["diverged"] | out["stopped_early"])[rows]
-        jax.tree.map(lambda old, new: old.__setitem__(rows, new[rows]), carried, out["carried"])
+        if stopped.any():  # the stopped runs keep the state they stopped with
+            advanced = advanced.keep(advanced.like(carried) if on_device is None else on_device, stopped)
+        on_device = advanced
         done += segment
         if store["stopped"].all():
             done = steps
         if saver is not None:
-            saver.save(done, {"carried": carried, "store": store})
+            saver.save(done, {"carried": on_device.numpy(), "store": store})
         if bar is not None:
             bar.update(done - bar.n)
             bar.set_postfix(running=int((~store["stopped"]).sum()))
+    if on_device is not None:
+        carried = on_device.numpy()
+    if keep_params:  # the runs' params are their carry's (a segment's outputs hold none)
+        store["params"], store["best_params"] = carried["params"], carried["state"].best.params
+        if minimize_kwargs.get("model_state") is not None:
+            store["model_state"], store["best_model_state"] = carried["model_state"], carried["state"].best.model_state
     return (store, carried) if return_carry else store
 
 

@@ -330,6 +330,23 @@ def test_progress_bar_over_segments_leaves_the_results_unchanged(evaluated, caps
     jax.tree.map(np.testing.assert_array_equal, shown.best_params, evaluated.best_params)
 
 
+def test_runs_that_stop_mid_way_stay_stopped_through_segments():
+    """Runs that meet tol, run out of patience (they would train on if continued) or run
+    to the end, in segments from the host (progress=True: their state stays on
+    device between segments) and as one program: the same records and params, bit for bit."""
+    patient = jgd.Eval(val_metrics, (X_VAL, Y_VAL), every=5, monitor="mse", patience=1)
+    kwargs = dict(steps=60, data=(sweep_case.X, sweep_case.Y), batch_size=8, tol=5e-2, key=jax.random.key(6),
+                  evaluate=patient)
+    grid = {"learning_rate": [0.002, 0.05, 0.3, 1e4], "beta": [0.0, 0.5]}
+    whole = jgd.sweep(sweep_case.loss, sweep_case.init, jgd.momentum, grid, **kwargs)
+    assert bool(whole.converged.any()) and bool(whole.stopped_early.any())
+    assert whole.num_steps.min() < 60 and whole.num_steps.max() == 60
+    segmented = jgd.sweep(sweep_case.loss, sweep_case.init, jgd.momentum, grid, progress=True, **kwargs)
+    for field in ("losses", "num_steps", "converged", "diverged", "stopped_early", "params", "best_params",
+                  "best_loss"):
+        np.testing.assert_array_equal(getattr(segmented, field), getattr(whole, field), err_msg=field)
+
+
 def test_halving_progress_bar_over_rungs(capsys):
     val = jgd.Eval(lambda w: jnp.sum((w - 1.0) ** 2), monitor="eval")
     kwargs = dict(samples=9, steps=90, min_steps=10, eta=3, evaluate=val)
