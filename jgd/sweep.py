@@ -436,8 +436,7 @@ def _run(fun, params, factory, names, run_points, key_data, key_impl, chunk_size
     shard = NamedSharding(mesh, PartitionSpec("runs"))
     replicated = NamedSharding(mesh, PartitionSpec())
     fixed = lambda x: None if _is_init_function(x) or carried is not None else x  # noqa: E731
-    shared = jax.tree.map(lambda x: _put(np.asarray(x), replicated),
-                          (fixed(params), fixed(model_state), data, eval_data, tol))
+    shared = jax.tree.map(lambda x: _put(x, replicated), (fixed(params), fixed(model_state), data, eval_data, tol))
     def call(k):
         points, keys, given = jax.tree.map(lambda x: _put(x[k * call_size:(k + 1) * call_size], shard), per_run)
         return (points, keys, carried.calls[k] if on_device else given) + shared
@@ -598,6 +597,11 @@ def _executable(program, mesh, treedef, specs):
 
 
 def _put(x, sharding):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        # a global array (each process holds its part: several hosts' input pipeline) is
+        # passed as it is: the program gathers what it needs, nothing is fetched here
+        return x
+    x = np.asarray(x)
     if jax.process_count() == 1:
         return jax.device_put(x, sharding)
     # Every process holds the same host values; each keeps its own shards.

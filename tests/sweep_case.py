@@ -20,7 +20,7 @@ def init(key):
     return jax.random.normal(key, (5,), jnp.float32)
 
 
-def run(chunk_size=None, **save):
+def run(chunk_size=None, data=None, **save):
     return jgd.sweep(loss, init, jgd.momentum, {"learning_rate": [0.01, 0.05, 0.1], "beta": [0.0, 0.5, 0.9]},
-                     seeds=2, key=jax.random.key(3), steps=30, data=(X, Y), batch_size=8,
+                     seeds=2, key=jax.random.key(3), steps=30, data=(X, Y) if data is None else data, batch_size=8,
                      chunk_size=chunk_size, **save)

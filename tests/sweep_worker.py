@@ -1,6 +1,8 @@
 """Runs one fixed sweep and saves its losses; used by test_sweep.py in subprocesses with
 4 forced CPU devices, or as one of two processes joined by jax.distributed (optionally
-saving to, and resuming from, a save_dir given after the port)."""
+saving to, and resuming from, a save_dir given after the port; or, with "global" there,
+each process holding half the examples of one global data array sharded over both, and
+optionally a save_dir after it)."""
 
 import sys
 
@@ -18,8 +20,18 @@ if __name__ == "__main__":
 import sweep_case  # noqa: E402
 
 if __name__ == "__main__":
-    save = {} if len(sys.argv) <= 5 else {"save_dir": sys.argv[5], "save_every": 10}
-    result = sweep_case.run(**save)
+    extra = sys.argv[5] if len(sys.argv) > 5 else None
+    if extra == "global":  # this process's half of the rows, one global array over both processes
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+        rows = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), PartitionSpec("data"))
+        half = slice(32 * jax.process_index(), 32 * jax.process_index() + 32)
+        data = tuple(jax.make_array_from_process_local_data(rows, x[half]) for x in (sweep_case.X, sweep_case.Y))
+        assert not data[0].is_fully_addressable
+        save = {"save_dir": sys.argv[6], "save_every": 10} if len(sys.argv) > 6 else {}
+        result = sweep_case.run(data=data, **save)
+    else:
+        result = sweep_case.run(**({} if extra is None else {"save_dir": extra, "save_every": 10}))
     assert len(jax.devices()) == (4 if mode == "devices" else 2 if mode == "distributed" else 1), jax.devices()
     np.save(out, result.losses)
     print("devices", len(jax.devices()), "processes", jax.process_count())

@@ -132,13 +132,13 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _two_processes(tmp_path, *save_dir):
+def _two_processes(tmp_path, *extra):
     port = str(_free_port())
     env = _subprocess_env(JAX_PLATFORMS="cpu")
     procs = [
         subprocess.Popen(
             [sys.executable, str(HERE / "sweep_worker.py"), str(tmp_path / f"losses{i}.npy"),
-             "distributed", str(i), port, *map(str, save_dir)],
+             "distributed", str(i), port, *map(str, extra)],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for i in range(2)
@@ -158,6 +158,16 @@ def test_two_processes_equal_one_process(result, tmp_path):
     _two_processes(tmp_path)
     for i in range(2):
         np.testing.assert_allclose(np.load(tmp_path / f"losses{i}.npy"), result.losses, rtol=1e-6, atol=1e-7)
+
+
+def test_two_processes_with_one_global_data_array_equal_one_process(result, tmp_path):
+    """Each process holds half the examples of a data array sharded over both (what a
+    several-host input pipeline gives): the sweep takes it without fetching it."""
+    for extra in ((), (tmp_path / "saved",)):  # one program; segments saved after each
+        _two_processes(tmp_path, "global", *extra)
+        for i in range(2):
+            np.testing.assert_allclose(np.load(tmp_path / f"losses{i}.npy"), result.losses, rtol=1e-6, atol=1e-7)
+    assert sorted(p.name for p in (tmp_path / "saved").iterdir() if p.name.isdigit()) == ["20", "30"]
 
 
 def test_two_processes_save_and_resume_together(result, tmp_path):
