@@ -3,6 +3,8 @@ with ``data_shards=m`` (the same stratified sampling, emulated), to float roundi
 compiled loop's collectives from its HLO. The several-device cases run in a subprocess
 with 4 forced CPU devices, since the device count is fixed when JAX starts."""
 
+import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -81,6 +83,57 @@ def test_sharded_data_is_sampled_shard_by_shard_and_equals_the_emulation():
     assert out.returncode == 0 and "ok" in out.stdout, out.stdout[-2000:] + out.stderr[-4000:]
 
 
+TWO_PROCESSES = textwrap.dedent("""
+    import sys
+    import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(f"127.0.0.1:{sys.argv[2]}", num_processes=2, process_id=int(sys.argv[1]),
+                               initialization_timeout=60)
+    import jax.numpy as jnp, numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    import jgd
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(128, 8)).astype(np.float32)
+    Y = (X @ rng.normal(size=8)).astype(np.float32)
+
+    def loss(w, batch):
+        return 0.5 * jnp.mean((jnp.tanh(batch[0] @ w) - batch[1]) ** 2)
+
+    kwargs = dict(steps=30, batch_size=16, key=jax.random.key(1))
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    half = slice(64 * jax.process_index(), 64 * jax.process_index() + 64)  # this process's examples
+    data = tuple(jax.make_array_from_process_local_data(NamedSharding(mesh, P("data")), x[half]) for x in (X, Y))
+    w = jax.device_put(np.full(8, 0.1, np.float32), NamedSharding(mesh, P()))
+    r = jgd.minimize(loss, w, jgd.adam(0.05), data=data, **kwargs)
+    np.save(sys.argv[3], np.stack([np.asarray(r.losses), np.asarray(r.params)[:1].repeat(30)]))
+    with jax.default_device(jax.local_devices(backend="cpu")[0]):  # the oracle, on this process alone
+        oracle = jgd.minimize(loss, jnp.full(8, 0.1), jgd.adam(0.05), data=(X, Y), data_shards=2, **kwargs)
+    np.testing.assert_allclose(np.asarray(r.losses), np.asarray(oracle.losses), rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(r.params), np.asarray(oracle.params), rtol=2e-5, atol=1e-6)
+    print("ok", jax.process_count())
+""")
+
+
+def test_two_processes_with_half_the_data_each_equal_the_emulation(tmp_path):
+    """2 processes × 1 device joined by jax.distributed, each holding half the examples of a
+    global data array: the data-parallel run equals one process with data_shards=2."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    procs = [subprocess.Popen([sys.executable, "-c", TWO_PROCESSES, str(i), port, str(tmp_path / f"{i}.npy")],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        outputs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (stdout, stderr) in zip(procs, outputs):
+        assert p.returncode == 0 and "ok 2" in stdout, stdout[-2000:] + stderr[-4000:]
+    np.testing.assert_array_equal(np.load(tmp_path / "0.npy"), np.load(tmp_path / "1.npy"))  # both hold the result
+
+
 def test_data_shards_samples_each_block_once_an_epoch():
     n, b, m = 48, 12, 4
     examples = jnp.arange(n, dtype=jnp.float32)
@@ -154,7 +207,7 @@ FSDP = textwrap.dedent("""
         return 0.5 * jnp.mean((jnp.sum(jnp.tanh(batch[0] @ p["w"] + p["b"]), axis=1) - batch[1]) ** 2)
 
     kwargs = dict(steps=30, batch_size=32, key=jax.random.key(0))
-    oracle = jgd.minimize(loss, start, jgd.adam(0.01), data=(X, Y), data_shards=4, **kwargs)
+    oracle = jgd.minimize(loss, start, jgd.adam(0.01), data=(X, Y), data_shards=2, **kwargs)
     placed = {"w": jax.device_put(start["w"], split), "b": jax.device_put(start["b"], NamedSharding(mesh, P()))}
     r = jgd.minimize(loss, placed, jgd.adam(0.01), data=jax.device_put((X, Y), NamedSharding(mesh, P("data"))),
                      **kwargs)
