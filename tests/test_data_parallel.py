@@ -4,6 +4,8 @@ compiled loop's collectives from its HLO. The several-device cases run in a subp
 with 4 forced CPU devices, since the device count is fixed when JAX starts."""
 
 import os
+import pathlib
+import re
 import socket
 import subprocess
 import sys
@@ -132,6 +134,30 @@ def test_two_processes_with_half_the_data_each_equal_the_emulation(tmp_path):
     for p, (stdout, stderr) in zip(procs, outputs):
         assert p.returncode == 0 and "ok 2" in stdout, stdout[-2000:] + stderr[-4000:]
     np.testing.assert_array_equal(np.load(tmp_path / "0.npy"), np.load(tmp_path / "1.npy"))  # both hold the result
+
+
+def test_the_guides_two_process_script_runs_as_written(tmp_path):
+    """The data-parallel guide's several-host script, started twice on this machine."""
+    guide = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "guides" / "data-parallel.md").read_text()
+    (script,) = re.findall(r"^```py\n(.*?)^```\n", guide, flags=re.S | re.M)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    (tmp_path / "dp.py").write_text(script.replace("127.0.0.1:12355", f"127.0.0.1:{port}"))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    procs = [subprocess.Popen([sys.executable, "dp.py", str(i)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+        outputs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    printed = []
+    for p, (stdout, stderr) in zip(procs, outputs):
+        assert p.returncode == 0, stdout[-2000:] + stderr[-4000:]
+        printed.append(re.findall(r"^(\d) (\S+)$", stdout, flags=re.M)[-1])  # after gloo's own lines
+    assert [int(line[0]) for line in printed] == [0, 1] and printed[0][1] == printed[1][1], printed
+    assert float(printed[0][1]) < 1e-2  # it trained
 
 
 def test_data_shards_samples_each_block_once_an_epoch():
