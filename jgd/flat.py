@@ -39,7 +39,9 @@ def flat(opt, pack_below: int | None = None) -> optax.GradientTransformationExtr
     ``pack_below=0`` packs every leaf everywhere. A leaf sharded over several devices
     (a ``NamedSharding`` that is not fully replicated, as seen by ``init``) always keeps
     its own buffer and its sharding, as optax's rules do: packing it would all-gather it
-    on every step.
+    on every step. ``init`` sees a leaf's sharding when called eagerly, or inside ``jit``
+    on an Explicit mesh (the sharding is part of the type); inside ``jit`` on an Auto
+    mesh a traced leaf carries none, so call ``init`` outside ``jit`` there.
 
     Rules whose update is not elementwise per leaf (lamb, lars, fromage, novograd,
     adafactor, sm3, lbfgs, muon, parameter groups and lifted rules not declared

@@ -1,6 +1,6 @@
 """jgd.flat keeps sharded leaves sharded: with params split over 4 (forced CPU) devices,
 flat(adam) gives adam's numbers and output shardings, and its compiled step has no
-all-gather. Runs in a subprocess, since the device count is fixed at JAX's start."""
+all-gather; on an Explicit mesh a jitted init lays the state out as an eager one. Runs in a subprocess, since the device count is fixed at JAX's start."""
 
 import subprocess
 import sys
@@ -37,6 +37,19 @@ SCRIPT = textwrap.dedent("""
         assert "all-gather" not in hlo, "flat gathered a sharded leaf"
         # the replicated leaves are still packed together
         assert {"float32"} <= set(state.inner.mu), state.inner.mu.keys()
+
+    # On an Explicit mesh the shardings are part of the types, so a jitted init sees them:
+    # the same layout and shardings as an eager one (on an Auto mesh a trace carries none)
+    from jax.sharding import AxisType
+    explicit = jax.make_mesh((4,), ("x",), axis_types=(AxisType.Explicit,))
+    with jax.sharding.set_mesh(explicit):
+        placed = {k: jax.device_put(v, NamedSharding(explicit, v.sharding.spec)) for k, v in params.items()}
+        opt = jgd.flat(jgd.adam(0.1))
+        eager, jitted = opt.init(placed), jax.jit(opt.init)(placed)
+    assert jax.tree.structure(eager) == jax.tree.structure(jitted)
+    for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted)):
+        assert a.shape == b.shape and a.sharding.is_equivalent_to(b.sharding, a.ndim), (a.sharding, b.sharding)
+    assert len(jax.tree.leaves(eager.inner.mu)) == 3  # w and v their own, b and s packed
     print("ok")
 """)
 
