@@ -99,7 +99,9 @@ class Saver:
         self.ocp, self.fingerprint = ocp, fingerprint
         self.path = os.path.abspath(os.fspath(save_dir))
         options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
-        self.manager = ocp.CheckpointManager(self.path, options=options)
+        # uncompressed: zstd took CPU from the next segment, and trained floats barely compress
+        handlers = {"state": ocp.PyTreeCheckpointHandler(use_compression=False), "meta": ocp.JsonCheckpointHandler()}
+        self.manager = ocp.CheckpointManager(self.path, options=options, item_handlers=handlers)
 
     def _differences(self, saved: dict) -> list:
         names = sorted(set(saved) | set(self.fingerprint))
@@ -128,8 +130,9 @@ class Saver:
                 )
             target = _packed(jax.tree.map(lambda x: np.zeros(np.shape(x), np.asarray(x).dtype), like))
             try:
+                restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
                 packed = self.manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(target)))["state"]
+                    state=ocp.args.PyTreeRestore(target, restore_args=restore_args)))["state"]
             except Exception as error:  # noqa: BLE001 - any damage: fall back
                 warnings.warn(f"checkpoint {step} in {self.path} is damaged ({type(error).__name__}: "
                               f"{str(error)[:200]}); trying the previous one", RuntimeWarning, stacklevel=3)
@@ -145,7 +148,7 @@ class Saver:
         while the next segment runs, and complete before the next save or ``close``)."""
         ocp = self.ocp
         self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(_packed(state)), meta=ocp.args.JsonSave(_jsonable(self.fingerprint))))
+            state=ocp.args.PyTreeSave(_packed(state)), meta=ocp.args.JsonSave(_jsonable(self.fingerprint))))
 
     def close(self) -> None:
         self.manager.wait_until_finished()
