@@ -6,7 +6,6 @@ with 4 forced CPU devices, since the device count is fixed when JAX starts."""
 import os
 import pathlib
 import re
-import socket
 import subprocess
 import sys
 import textwrap
@@ -14,6 +13,7 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import processes
 import pytest
 
 import jgd
@@ -120,19 +120,11 @@ TWO_PROCESSES = textwrap.dedent("""
 def test_two_processes_with_half_the_data_each_equal_the_emulation(tmp_path):
     """2 processes × 1 device joined by jax.distributed, each holding half the examples of a
     global data array: the data-parallel run equals one process with data_shards=2."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    procs = [subprocess.Popen([sys.executable, "-c", TWO_PROCESSES, str(i), port, str(tmp_path / f"{i}.npy")],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-    try:
-        outputs = [p.communicate(timeout=300) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    for p, (stdout, stderr) in zip(procs, outputs):
-        assert p.returncode == 0 and "ok 2" in stdout, stdout[-2000:] + stderr[-4000:]
+    port = processes.free_port()
+    done = processes.run_together([[sys.executable, "-c", TWO_PROCESSES, str(i), port, str(tmp_path / f"{i}.npy")]
+                                   for i in range(2)], env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    for returncode, stdout, stderr in done:
+        assert returncode == 0 and "ok 2" in stdout, stdout[-2000:] + stderr[-4000:]
     np.testing.assert_array_equal(np.load(tmp_path / "0.npy"), np.load(tmp_path / "1.npy"))  # both hold the result
 
 
@@ -140,21 +132,12 @@ def test_the_guides_two_process_script_runs_as_written(tmp_path):
     """The data-parallel guide's several-host script, started twice on this machine."""
     guide = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "guides" / "data-parallel.md").read_text()
     (script,) = re.findall(r"^```py\n(.*?)^```\n", guide, flags=re.S | re.M)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    (tmp_path / "dp.py").write_text(script.replace("127.0.0.1:12355", f"127.0.0.1:{port}"))
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    procs = [subprocess.Popen([sys.executable, "dp.py", str(i)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
-    try:
-        outputs = [p.communicate(timeout=300) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
+    (tmp_path / "dp.py").write_text(script.replace("127.0.0.1:12355", f"127.0.0.1:{processes.free_port()}"))
+    done = processes.run_together([[sys.executable, "dp.py", str(i)] for i in range(2)], cwd=tmp_path,
+                                  env={**os.environ, "JAX_PLATFORMS": "cpu"})
     printed = []
-    for p, (stdout, stderr) in zip(procs, outputs):
-        assert p.returncode == 0, stdout[-2000:] + stderr[-4000:]
+    for returncode, stdout, stderr in done:
+        assert returncode == 0, stdout[-2000:] + stderr[-4000:]
         printed.append(re.findall(r"^(\d) (\S+)$", stdout, flags=re.M)[-1])  # after gloo's own lines
     assert [int(line[0]) for line in printed] == [0, 1] and printed[0][1] == printed[1][1], printed
     assert float(printed[0][1]) < 1e-2  # it trained

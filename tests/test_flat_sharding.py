@@ -1,6 +1,7 @@
 """jgd.flat keeps sharded leaves sharded: with params split over 4 (forced CPU) devices,
 flat(adam) gives adam's numbers and output shardings, and its compiled step has no
-all-gather; on an Explicit mesh a jitted init lays the state out as an eager one. Runs in a subprocess, since the device count is fixed at JAX's start."""
+all-gather; on an Explicit mesh a jitted init lays the state out as an eager one. Runs
+in a subprocess, since the device count is fixed at JAX's start."""
 
 import subprocess
 import sys

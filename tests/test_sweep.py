@@ -4,13 +4,13 @@ import os
 import pathlib
 import pickle
 import shutil
-import socket
 import subprocess
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import processes
 import pytest
 import sweep_case
 from problems import TraceCounter
@@ -126,32 +126,15 @@ def test_four_forced_devices_equal_one_device(result, tmp_path):
     np.testing.assert_allclose(np.load(out), result.losses, rtol=1e-6, atol=1e-7)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _two_processes(tmp_path, *extra):
-    port = str(_free_port())
-    env = _subprocess_env(JAX_PLATFORMS="cpu")
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(HERE / "sweep_worker.py"), str(tmp_path / f"losses{i}.npy"),
-             "distributed", str(i), port, *map(str, extra)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        for i in range(2)
-    ]
-    try:
-        outputs = [p.communicate(timeout=240) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    for p, (stdout, stderr) in zip(procs, outputs):
-        assert p.returncode == 0, stderr[-3000:]
+    port = processes.free_port()
+    done = processes.run_together(
+        [[sys.executable, str(HERE / "sweep_worker.py"), str(tmp_path / f"losses{i}.npy"), "distributed", str(i), port,
+          *map(str, extra)] for i in range(2)], timeout=240, env=_subprocess_env(JAX_PLATFORMS="cpu"))
+    for returncode, stdout, stderr in done:
+        assert returncode == 0, stderr[-3000:]
         assert "processes 2" in stdout
-    return [stderr for _, stderr in outputs]
+    return [stderr for _, _, stderr in done]
 
 
 def test_two_processes_equal_one_process(result, tmp_path):
