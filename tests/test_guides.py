@@ -57,6 +57,6 @@ def test_every_code_block_runs_and_prints_what_the_page_shows(page, tmp_path):
 def test_code_lines_fit_the_code_box():
     """The site's code box shows 80 characters at a laptop's width: longer lines scroll."""
     long = [f"{page.relative_to(ROOT)}: {line}" for page in PAGES
-            for language, body in BLOCK.findall(page.read_text()) if language in ("python", "bash")
+            for language, body in BLOCK.findall(page.read_text()) if language in ("python", "py", "bash")
             for line in body.splitlines() if len(line) > 80]
     assert not long, "\n".join(long)
