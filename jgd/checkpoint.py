@@ -61,10 +61,14 @@ def sweep_fingerprint(kind: str, run_args: tuple, *, grid, seeds: int, key, **ex
     _, params, factory, names, _, key_data, key_impl, _, keep_params, kwargs = run_args
     if _is_init_function(params):  # an init function: the shapes it makes
         params = jax.eval_shape(params, jax.random.wrap_key_data(key_data[0], impl=key_impl))
-    # layout 2: a run's params are saved once, in its carry (not again among its results)
-    return dict(kind=kind, layout=2, steps=kwargs["steps"], grid=grid, names=list(names), seeds=seeds, key=key,
+    return dict(kind=kind, steps=kwargs["steps"], grid=grid, names=list(names), seeds=seeds, key=key,
                 factory=getattr(factory, "__qualname__", repr(factory)), params=params,
                 data=kwargs.get("data"), batch_size=kwargs.get("batch_size"), keep_params=keep_params, **extra)
+
+
+# How a checkpoint holds the state; one written in another layout is refused by name.
+# 2: one flat array per dtype (``_packed``); a sweep's params once, in the runs' carry.
+_LAYOUT = 2
 
 
 def _packed(state) -> dict:
@@ -96,7 +100,7 @@ class Saver:
 
     def __init__(self, save_dir, fingerprint: dict):
         ocp = _orbax()
-        self.ocp, self.fingerprint = ocp, fingerprint
+        self.ocp, self.fingerprint = ocp, {**fingerprint, "layout": _LAYOUT}
         self.path = os.path.abspath(os.fspath(save_dir))
         options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
         # uncompressed: zstd took CPU from the next segment, and trained floats barely compress
