@@ -44,6 +44,7 @@ def main(configs, steps, min_steps, eta=3, repeats=1, init=init_mlp):
 
     results, cold, warm = {}, {}, {}
     for name, run in (("full grid", grid), ("halving", halved)):
+        print(f"{name}: {configs} configurations, {steps} steps at most; compiling and running ...", flush=True)
         start = time.perf_counter()
         results[name] = run()
         cold[name] = time.perf_counter() - start
