@@ -216,7 +216,7 @@ FSDP = textwrap.dedent("""
         return 0.5 * jnp.mean((jnp.sum(jnp.tanh(batch[0] @ p["w"] + p["b"]), axis=1) - batch[1]) ** 2)
 
     kwargs = dict(steps=30, batch_size=32, key=jax.random.key(0))
-    oracle = jgd.minimize(loss, start, jgd.adam(0.01), data=(X, Y), data_shards=2, **kwargs)
+    oracle = jgd.minimize(loss, start, jgd.adam(0.01), data=(X, Y), data_shards=4, **kwargs)
     placed = {"w": jax.device_put(start["w"], split), "b": jax.device_put(start["b"], NamedSharding(mesh, P()))}
     r = jgd.minimize(loss, placed, jgd.adam(0.01), data=jax.device_put((X, Y), NamedSharding(mesh, P("data"))),
                      **kwargs)
