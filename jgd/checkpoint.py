@@ -57,7 +57,7 @@ def fingerprint_of(**parts) -> dict:
 
 def sweep_fingerprint(kind: str, run_args: tuple, *, grid, seeds: int, key, **extra) -> dict:
     """The configuration of a saved sweep (or halving rung) from the arguments of its
-    runs (as ``sweep._run`` takes them): what another call must match to resume."""
+    runs (as ``_sweep_program._run`` takes them): what another call must match to resume."""
     _, params, factory, names, _, key_data, key_impl, _, keep_params, kwargs = run_args
     if _is_init_function(params):  # an init function: the shapes it makes
         params = jax.eval_shape(params, jax.random.wrap_key_data(key_data[0], impl=key_impl))

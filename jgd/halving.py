@@ -11,19 +11,12 @@ import jax
 import numpy as np
 
 from jgd._arguments import _as_key, _check_bool, _check_int
+from jgd._points import grid_points
+from jgd._sweep_program import _cpu_lanes, default_chunk, run_keys
+from jgd._sweep_segments import empty_store, record_segment, sweep_saved, sweep_segments
 from jgd.checkpoint import sweep_fingerprint
 from jgd.evaluation import Eval
-from jgd.sweep import (
-    _check_kwargs,
-    _cpu_lanes,
-    default_chunk,
-    empty_store,
-    grid_points,
-    record_segment,
-    run_keys,
-    sweep_saved,
-    sweep_segments,
-)
+from jgd.sweep import _check_kwargs
 from jgd.sweep_result import SweepResult
 
 __all__ = ["halving"]
