@@ -17,6 +17,8 @@ import os
 
 import jax
 
+from jgd._transform import _outside_traces
+
 __all__ = ["jit", "options"]
 
 _CPU_OPTIONS = {"xla_backend_optimization_level": 1}
@@ -27,14 +29,6 @@ def options() -> dict | None:
     if jax.default_backend() != "cpu" or "xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", ""):
         return None
     return _CPU_OPTIONS
-
-
-def _tracing() -> bool:
-    """A jit/vmap/grad trace is active (or this JAX cannot tell)."""
-    from jax._src import core
-
-    clean = getattr(core, "trace_state_clean", None)
-    return clean is None or not clean()
 
 
 class jit:  # noqa: N801 - used as jax.jit is
@@ -51,7 +45,7 @@ class jit:  # noqa: N801 - used as jax.jit is
     def _jitted(self):
         # inside a trace (a sweep's program, a user's jit) the outer program's options rule:
         # JAX refuses compiler options on a nested jit
-        chosen = None if _tracing() else options()
+        chosen = options() if _outside_traces(unknown=False) else None
         if chosen is None:
             return self._plain
         if self._tuned is None:

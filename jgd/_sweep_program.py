@@ -109,12 +109,11 @@ def _run(fun, params, factory, names, run_points, key_data, key_impl, chunk_size
     num_calls = -(-runs // call_size)
     lanes = max(1, min(lanes, num_calls))
     total = num_calls * call_size
-    # Padding repeats run 0; its copies are dropped below.
-    pad = lambda x: np.concatenate([x, np.repeat(x[:1], total - runs, 0)])  # noqa: E731
     on_device = isinstance(carried, DeviceCarry)
     if on_device and len(carried.calls) != num_calls:
         raise AssertionError("a DeviceCarry is laid out for another number of calls")
-    per_run = (pad(run_points), pad(key_data), None if on_device else jax.tree.map(lambda x: pad(np.asarray(x)), carried))
+    per_run = jax.tree.map(lambda x: _padded(np.asarray(x), total),
+                           (run_points, key_data, None if on_device else carried))
 
     kwargs = dict(minimize_kwargs)
     data = kwargs.pop("data", None)
@@ -133,8 +132,9 @@ def _run(fun, params, factory, names, run_points, key_data, key_impl, chunk_size
     replicated = NamedSharding(mesh, PartitionSpec())
     fixed = lambda x: None if _is_init_function(x) or carried is not None else x  # noqa: E731
     shared = jax.tree.map(lambda x: _put(x, replicated), (fixed(params), fixed(model_state), data, eval_data, tol))
+
     def call(k):
-        points, keys, given = jax.tree.map(lambda x: _put(x[k * call_size:(k + 1) * call_size], shard), per_run)
+        points, keys, given = _call_of(per_run, k, call_size, shard)
         return (points, keys, carried.calls[k] if on_device else given) + shared
 
     first = call(0)
@@ -166,23 +166,35 @@ class DeviceCarry:
         """The runs' trees on the host, leading run axis (padding dropped)."""
         return jax.tree.map(lambda *x: np.concatenate([_gather(a) for a in x])[:self.runs], *self.calls)
 
+    @property
+    def call_size(self) -> int:
+        return jax.tree.leaves(self.calls[0])[0].shape[0]
+
     def like(self, host):
         """A ``DeviceCarry`` laid out as this one, holding the runs of ``host`` (a tree with
         a leading run axis)."""
-        size = jax.tree.leaves(self.calls[0])[0].shape[0]
-        total = len(self.calls) * size
-        padded = jax.tree.map(lambda x: np.concatenate([x, np.repeat(x[:1], total - x.shape[0], 0)]), host)
-        calls = [jax.tree.map(lambda x: _put(x[k * size:(k + 1) * size], self.sharding), padded)
-                 for k in range(len(self.calls))]
-        return DeviceCarry(calls, self.runs, self.sharding)
+        size, count = self.call_size, len(self.calls)
+        padded = jax.tree.map(lambda x: _padded(x, count * size), host)
+        return DeviceCarry([_call_of(padded, k, size, self.sharding) for k in range(count)], self.runs, self.sharding)
 
     def keep(self, previous, stopped):
         """This carry, but ``previous``'s for the runs ``stopped`` (host bools, one per run)."""
-        size = jax.tree.leaves(self.calls[0])[0].shape[0]
+        size = self.call_size
         mask = np.concatenate([stopped, np.zeros(len(self.calls) * size - stopped.size, bool)])
-        calls = [_keep_stopped(old, new, _put(mask[k * size:(k + 1) * size], self.sharding))
+        calls = [_keep_stopped(old, new, _call_of(mask, k, size, self.sharding))
                  for k, (old, new) in enumerate(zip(previous.calls, self.calls))]
         return DeviceCarry(calls, self.runs, self.sharding)
+
+
+def _padded(x, total):
+    """``x`` with its leading (run) axis padded to ``total`` by copies of run 0 (dropped
+    from every result)."""
+    return np.concatenate([x, np.repeat(x[:1], total - x.shape[0], 0)])
+
+
+def _call_of(tree, k, size, sharding):
+    """Call ``k``'s runs of ``tree`` (a leading run axis, padded to whole calls), on device."""
+    return jax.tree.map(lambda x: _put(x[k * size:(k + 1) * size], sharding), tree)
 
 
 @jax.jit

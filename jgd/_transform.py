@@ -216,12 +216,12 @@ _NUMBER_OF_ARRAY: dict[int, tuple[jax.Array, Any]] = {}
 _REMEMBERED = 1 << 16
 
 
-def _outside_traces() -> bool:
-    """No jit/vmap/grad trace is active (JAX's own test; True if this JAX lacks it)."""
+def _outside_traces(unknown: bool = True) -> bool:
+    """No jit/vmap/grad trace is active (JAX's own test; ``unknown`` if this JAX lacks it)."""
     from jax._src import core
 
     clean = getattr(core, "trace_state_clean", None)
-    return True if clean is None else clean()
+    return unknown if clean is None else clean()
 
 
 def _leaf_array(value, made: list):

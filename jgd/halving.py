@@ -186,7 +186,7 @@ def _rungs(fun, params, factory, names, points, seeds, seed_keys, key_impl, chun
     """The rungs, one after another: every run's records, the last rung each reached and the run-steps spent.
 
     Every rung goes in segments of the same length (``save_every``, or the rung budgets'
-    common divisor) over chunks of the same size (the first rung's), so that every call of
+    common divisor) over chunks of the same size (``_rung_chunk``), so that every call of
     every rung is one compiled program: a rung compiles nothing (measured on the digits
     MLP, a compilation costs about as much as a whole rung's runs)."""
     num = points.shape[0]
