@@ -19,7 +19,7 @@ import jax
 
 from jgd._transform import _outside_traces
 
-__all__ = ["jit", "options"]
+__all__ = ["jit", "options", "executable"]
 
 _CPU_OPTIONS = {"xla_backend_optimization_level": 1}
 
@@ -61,3 +61,17 @@ class jit:  # noqa: N801 - used as jax.jit is
     def _cache_size(self) -> int:
         return self._plain._cache_size() + (0 if self._tuned is None else self._tuned._cache_size())
 
+
+
+def executable(program, mesh, args):
+    """``program`` (a ``jax.jit`` with the mesh its static first argument) compiled with
+    ``options()`` for the shapes and shardings of ``args``, once per process: the lanes
+    of a CPU sweep, started together from several threads, share one compilation."""
+    leaves, treedef = jax.tree.flatten(args)
+    return _executable(program, mesh, treedef, tuple(
+        jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding) for x in leaves))
+
+
+@functools.lru_cache(maxsize=64)
+def _executable(program, mesh, treedef, specs):
+    return program.lower(mesh, *jax.tree.unflatten(treedef, specs)).compile(compiler_options=options())

@@ -17,7 +17,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jgd import _compile
 from jgd._arguments import _is_init_function
-from jgd.minimize import initial_state, minimize
+from jgd._sweep_host import HostChunk, host_phases
+from jgd._sweep_run import initial_draw, run_outputs
+from jgd.minimize import _auto_loop, initial_state, minimize
 
 __all__ = ["DeviceCarry", "default_chunk", "initial_carry", "run_keys"]
 
@@ -38,19 +40,22 @@ def _chunk_size(params_spec, runs_per_device):
     return int(min(chunk, runs_per_device))
 
 
+def _one_run(name, given, key_data, key_impl, carried):
+    """One run's ``params`` or ``model_state`` (``name``), or their shapes: from ``carried``
+    (a leading run axis), an init function's output, or ``given`` itself."""
+    if carried is not None:
+        tree = (carried.calls[0] if isinstance(carried, DeviceCarry) else carried)[name]
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), tree)
+    if _is_init_function(given):
+        return jax.eval_shape(given, jax.random.wrap_key_data(key_data[0], impl=key_impl))
+    return given
+
+
 def default_chunk(params, key_data, key_impl, runs, carried=None):
     """The runs vmapped together on a device when ``chunk_size`` is not given (see
     ``_chunk_size``), for ``runs`` runs of ``params`` (or of ``carried``'s params)."""
-    if isinstance(carried, DeviceCarry):
-        params_spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), carried.calls[0]["params"])
-    elif carried is not None:
-        params_spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), carried["params"])
-    elif _is_init_function(params):
-        params_spec = jax.eval_shape(params, jax.random.wrap_key_data(key_data[0], impl=key_impl))
-    else:
-        params_spec = params
     per_device = -(-runs // jax.device_count())
-    return _chunk_size(params_spec, -(-per_device // _cpu_lanes()))
+    return _chunk_size(_one_run("params", params, key_data, key_impl, carried), -(-per_device // _cpu_lanes()))
 
 
 def _cpu_lanes():
@@ -122,7 +127,14 @@ def _run(fun, params, factory, names, run_points, key_data, key_impl, chunk_size
     eval_data = None if evaluate is None else evaluate.data
     evaluation = None if evaluate is None else evaluate.static(kwargs["steps"])
     tol = kwargs.pop("tol", None)
-    program = _program(fun, params if _is_init_function(params) and carried is None else None, factory, names,
+    loop = kwargs.pop("loop", "device")
+    if loop == "auto":  # as minimize decides it for one run
+        loop = _auto_loop(fun, _one_run("params", params, key_data, key_impl, carried),
+                          _one_run("model_state", model_state, key_data, key_impl, carried), data,
+                          kwargs.get("batch_size"), kwargs.get("microbatches", 1), kwargs.get("with_key", False),
+                          False, ())
+    programs = _program if loop == "device" else host_phases
+    program = programs(fun, params if _is_init_function(params) and carried is None else None, factory, names,
                        tuple(sorted(kwargs.items())), key_impl,
                        model_state if _is_init_function(model_state) and carried is None else None,
                        model_state is not None, evaluation, keep_params, tol is not None, carried is not None,
@@ -138,9 +150,15 @@ def _run(fun, params, factory, names, run_points, key_data, key_impl, chunk_size
         return (points, keys, carried.calls[k] if on_device else given) + shared
 
     first = call(0)
-    if abstract:
+    if loop == "host":  # the chunk's host loop, called as the device loop's program is
+        host = HostChunk(program, mesh, replicated, _gather, _put)
+        if abstract:
+            return host.abstract(*first)
+        executable = host
+    elif abstract:
         return jax.eval_shape(functools.partial(program, mesh), *first)
-    executable = _executable(program, mesh, *_signature(first))
+    else:
+        executable = _compile.executable(program, mesh, first)
     if lanes == 1:  # dispatched asynchronously, one after another
         outs = [executable(*(first if k == 0 else call(k))) for k in range(num_calls)]
     else:
@@ -209,6 +227,7 @@ def initial_carry(fun, params, factory, names, run_points, key_data, key_impl, m
     model_state, evaluate = kwargs.pop("model_state", None), kwargs.pop("evaluate", None)
     data, eval_data = kwargs.pop("data", None), None if evaluate is None else evaluate.data
     kwargs.pop("tol", None)
+    kwargs.pop("loop", None)  # a fresh state is the same for either loop
     program = _initial_program(fun, params if _is_init_function(params) else None, factory, names, key_impl,
                                model_state if _is_init_function(model_state) else None,
                                None if evaluate is None else evaluate.static(kwargs["steps"]),
@@ -216,25 +235,6 @@ def initial_carry(fun, params, factory, names, run_points, key_data, key_impl, m
     fixed = lambda x: None if _is_init_function(x) else x  # noqa: E731
     out = program(run_points, key_data, fixed(params), fixed(model_state), data, eval_data)
     return jax.tree.map(lambda x: np.array(x), out)
-
-
-def initial_draw(init_fn, state_fn, key_impl):
-    """``key data -> {"params", "model_state"}`` drawn by the init functions (None for
-    one not given), or None without any. Meant for ``lax.map`` over the runs, not
-    ``vmap``: the init functions' random draws compile to the unbatched kernels (XLA:CPU
-    compiles threefry over a run axis to kernels twice the size: measured, the digits
-    sweep's program compiled in 2.36 s with its inits vmapped and 1.83 s mapped, against
-    1.26 s for one ``minimize``), and an init runs once per run, so running the inits one
-    after another costs nothing that shows."""
-    if init_fn is None and state_fn is None:
-        return None
-
-    def draw(key_data):
-        key = jax.random.wrap_key_data(key_data, impl=key_impl)
-        return {"params": None if init_fn is None else init_fn(key),
-                "model_state": None if state_fn is None else state_fn(key)}
-
-    return draw
 
 
 @functools.lru_cache(maxsize=64)
@@ -256,18 +256,6 @@ def _initial_program(fun, init_fn, factory, names, key_impl, state_fn, evaluatio
         return jax.lax.map(lambda run: one(*run, *shared), (points, key_data))
 
     return initial_program
-
-
-def _signature(args):
-    leaves, treedef = jax.tree.flatten(args)
-    return treedef, tuple(jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding) for x in leaves)
-
-
-@functools.lru_cache(maxsize=64)
-def _executable(program, mesh, treedef, specs):
-    """The program compiled once for these argument shapes, so that the lanes, started
-    together from several threads, share one compilation."""
-    return program.lower(mesh, *jax.tree.unflatten(treedef, specs)).compile(compiler_options=_compile.options())
 
 
 def _put(x, sharding):
@@ -308,16 +296,7 @@ def _program(fun, init_fn, factory, names, kwargs, key_impl, state_fn, has_model
         r = minimize(fun, params, opt, key=key, data=data, evaluate=evaluate,
                      model_state=model_state if has_model_state else None, init_state=init_state,
                      tol=tol if has_tol else None, **kwargs)
-        out = dict(losses=r.losses, num_steps=r.num_steps, converged=r.converged,
-                   diverged=r.diverged, stopped_early=r.stopped_early, best_loss=r.best_loss,
-                   best_step=r.best_step, evals=r.evals, eval_steps=r.eval_steps, aux=r.aux)
-        if keep_params and not emit_carry:  # a segment's params are its carry's
-            out.update(params=r.params, best_params=r.best_params)
-            if has_model_state:
-                out.update(model_state=r.model_state, best_model_state=r.best_model_state)
-        if emit_carry:
-            out.update(carried=dict(params=r.params, state=r.state, model_state=r.model_state))
-        return out
+        return run_outputs(r, keep_params, emit_carry, has_model_state)
 
     draw = None if continuing else initial_draw(init_fn, state_fn, key_impl)
 

@@ -389,15 +389,26 @@ def _sharding_of(leaf):
     return getattr(leaf, "sharding", None)
 
 
+# minimize's defaults of the keywords a sweep's runs need not pass
+_RUN_DEFAULTS = dict(data=None, key=None, model_state=None, evaluate=None, batch_size=None, microbatches=1,
+                     tol=None, has_aux=False, with_key=False, record_aux=False, progress=False)
+
+
+def run_setup(fun, params, opt, *, steps, **kwargs) -> _Setup:
+    """One run's checked configuration, as ``minimize`` builds it (no ``jgd.flat``), for
+    drivers that call the engine themselves: ``initial_state``, a sweep's host loop."""
+    if layout(opt, params) is not None:
+        raise ValueError("a jgd.flat optimizer runs through minimize itself (not through initial_state, "
+                         "nor a sweep's loop='host'); use the rule it wraps, or loop='device'")
+    return _setup(fun, params, opt, steps=steps, **{**_RUN_DEFAULTS, **kwargs})
+
+
 def initial_state(fun, params, opt, *, model_state=None, key=None, data=None, evaluate=None, steps=1,
                   **kwargs) -> LoopState:
     """The [`jgd.LoopState`][jgd.LoopState] that ``minimize`` starts a fresh run from (for continuing
     many runs with ``init_state``, as sweeps saved in segments do)."""
-    if layout(opt, params) is not None:
-        raise ValueError("initial_state does not take a jgd.flat optimizer")
-    run = _setup(fun, params, opt, steps=steps, data=data, key=key, model_state=model_state,
-                 evaluate=evaluate, **{**dict(batch_size=None, microbatches=1, tol=None, has_aux=False,
-                                              with_key=False, record_aux=False, progress=False), **kwargs})
+    run = run_setup(fun, params, opt, steps=steps, data=data, key=key, model_state=model_state, evaluate=evaluate,
+                    **kwargs)
     return _drivers.fresh_state(run.config, run.opt, params, model_state, run.key, data, run.eval_data)
 
 

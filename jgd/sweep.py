@@ -25,7 +25,7 @@ __all__ = ["sweep", "SweepResult"]
 
 # The keywords of minimize that a sweep passes through to every run.
 _PASSED = ("steps", "data", "batch_size", "microbatches", "tol", "has_aux", "model_state",
-           "with_key", "evaluate", "record_aux")
+           "with_key", "evaluate", "record_aux", "loop")
 
 
 def _check_kwargs(minimize_kwargs):
