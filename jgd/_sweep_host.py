@@ -16,6 +16,7 @@ from jax.sharding import PartitionSpec
 from jgd import _compile
 from jgd._drivers import host_steps
 from jgd._engine import Engine
+from jgd._step import select
 from jgd._sweep_run import initial_draw, run_outputs
 from jgd.minimize import run_setup
 
@@ -36,7 +37,7 @@ class _Phases:
         """The program of ``length`` straight-line steps."""
         with _COMPILING:  # the lanes ask together
             if length not in self._programs:
-                self._programs[length] = _sharded(functools.partial(self._steps, length=length), 3)
+                self._programs[length] = _sharded(functools.partial(self._steps, length=length), 4)
             return self._programs[length]
 
 
@@ -73,26 +74,32 @@ def host_phases(fun, init_fn, factory, names, kwargs, key_impl, state_fn, has_mo
                 params = drawn["params"] if init_fn is not None else fixed_params
                 model_state = drawn["model_state"] if state_fn is not None else fixed_state
             e = engine(point, key_data, params, model_state, data, eval_data, tol)
-            return e.initial(params, model_state, init_state)
+            c = e.initial(params, model_state, init_state)
+            return c, e.running(c)
 
         return jax.vmap(one)(points, keys, carried, drawn)
 
-    def steps(points, keys, c, first, segment_end, data, eval_data, tol, *, length):
-        return jax.vmap(lambda p, k, c: of_carry(p, k, c, data, eval_data, tol).advance(
-            c, first, length, segment_end, unroll=True))(points, keys, c)
+    # A run that has stopped is frozen while the rest of its chunk goes on, as a vmapped
+    # while loop freezes it: ``active`` is whether it was running when the segment began.
+    def steps(points, keys, c, active, first, segment_end, data, eval_data, tol, *, length):
+        def one(p, k, c, active):
+            advanced = of_carry(p, k, c, data, eval_data, tol).advance(c, first, length, segment_end, unroll=True)
+            return select(active, advanced, c)
 
-    def conclude(points, keys, c, segment_end, data, eval_data, tol):
-        def one(p, k, c):
+        return jax.vmap(one)(points, keys, c, active)
+
+    def conclude(points, keys, c, active, segment_end, data, eval_data, tol):
+        def one(p, k, c, active):
             e = of_carry(p, k, c, data, eval_data, tol)
-            c = e.conclude(c, segment_end)
-            return c, e.running(c)
+            c = e.conclude(c, segment_end)  # nothing is due for a frozen run (its step is not the segment's end)
+            return c, active & e.running(c)
 
-        return jax.vmap(one)(points, keys, c)
+        return jax.vmap(one)(points, keys, c, active)
 
     def result(points, keys, c, data, eval_data, tol):
         return jax.vmap(lambda p, k, c: outputs(of_carry(p, k, c, data, eval_data, tol).result(c)))(points, keys, c)
 
-    phases = _Phases(_sharded(initial, 3), steps, _sharded(conclude, 3), _sharded(result, 3))
+    phases = _Phases(_sharded(initial, 3), steps, _sharded(conclude, 4), _sharded(result, 3))
     return phases
 
 
@@ -131,12 +138,12 @@ class HostChunk:
     def abstract(self, points, keys, carried, fixed_params, fixed_state, data, eval_data, tol):
         """The outputs' shapes."""
         p, mesh, rest = self.phases, self.mesh, (data, eval_data, tol)
-        return jax.eval_shape(lambda *a: p.result(mesh, a[0], a[1], p.initial(mesh, *a), *rest),
+        return jax.eval_shape(lambda *a: p.result(mesh, a[0], a[1], p.initial(mesh, *a)[0], *rest),
                               points, keys, carried, fixed_params, fixed_state, *rest)
 
     def __call__(self, points, keys, carried, fixed_params, fixed_state, data, eval_data, tol):
         p, rest = self.phases, (data, eval_data, tol)
-        c = self._call("initial", p.initial, points, keys, carried, fixed_params, fixed_state, *rest)
+        c, active = self._call("initial", p.initial, points, keys, carried, fixed_params, fixed_state, *rest)
         config = p.config
         length = host_steps(config)
         steps = p.steps(length)
@@ -147,9 +154,9 @@ class HostChunk:
             segment_end = min(end, (t // config.segment + 1) * config.segment)
             last = self._scalar(segment_end)
             for first in range(t, segment_end, length):  # past segment_end: masked, as in the device loop
-                c = self._call("steps", steps, points, keys, c, self._scalar(first), last, *rest)
-            c, running = self._call("conclude", p.conclude, points, keys, c, last, *rest)
+                c = self._call("steps", steps, points, keys, c, active, self._scalar(first), last, *rest)
+            c, active = self._call("conclude", p.conclude, points, keys, c, active, last, *rest)
             t = segment_end
-            if not np.any(self.gather(running)):
+            if not np.any(self.gather(active)):
                 break
         return self._call("result", p.result, points, keys, c, *rest)

@@ -127,5 +127,6 @@ def sweep_segments(fun, params, factory, names, run_points, key_data, key_impl, 
 
 def progress_segment(steps: int, every: int) -> int:
     """The segment of a sweep shown with ``progress=True``: the shortest multiple of the
-    evaluations' spacing that divides ``steps`` into at most 10 segments."""
-    return min(d for d in range(every, steps + 1, every) if steps % d == 0 and steps // d <= 10)
+    evaluations' spacing that divides ``steps`` into at most 10 segments; ``steps`` (one
+    segment) when none does (61 steps evaluated every 5)."""
+    return min((d for d in range(every, steps + 1, every) if steps % d == 0 and steps // d <= 10), default=steps)

@@ -39,6 +39,8 @@ def _check_kwargs(minimize_kwargs):
             )
     if "steps" not in minimize_kwargs:
         raise TypeError("sweep needs steps=")
+    if minimize_kwargs.get("loop", "device") not in ("device", "host", "auto"):
+        raise ValueError(f"loop must be one of ('device', 'host', 'auto'), got {minimize_kwargs['loop']!r}")
     evaluate = minimize_kwargs.get("evaluate")
     if evaluate is not None:
         if not isinstance(evaluate, Eval):
@@ -108,8 +110,11 @@ def sweep(
         multiple of ``evaluate.every``), or in the segments of ``save_every``.
       **minimize_kwargs: ``steps`` and any of ``data``, ``batch_size``,
         ``microbatches``, ``tol``, ``has_aux``, ``model_state`` (a pytree or a function
-        ``key -> model_state``), ``with_key``, ``evaluate``, ``record_aux``, as for
-        [`jgd.minimize`][jgd.minimize.minimize].
+        ``key -> model_state``), ``with_key``, ``evaluate``, ``record_aux``, ``loop``, as
+        for [`jgd.minimize`][jgd.minimize.minimize]. With ``loop="host"`` each chunk of
+        runs goes through the host loop: a few vmapped straight-line steps a call (conv
+        nets on CPU; not with a ``jgd.flat`` optimizer); ``"auto"`` picks it as
+        ``minimize`` does.
 
     Run ``(i, s)`` equals ``minimize(fun, p, factory(**hparams_i), key=k_s, ...)`` with
     the grid values as float32 (float64 under x64) scalars. With several devices

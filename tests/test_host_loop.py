@@ -190,3 +190,134 @@ def test_auto_takes_the_host_loop_for_convolutions_on_cpu_and_the_device_loop_ot
     assert drivers.to_the_end._cache_size() == device_programs + 1
     batched = jax.vmap(lambda lr: jgd.minimize(conv_loss, params, jgd.adam(lr), loop="auto", **kwargs).losses)
     np.testing.assert_allclose(batched(jnp.asarray([3e-3]))[0], auto.losses, rtol=2e-5)
+
+
+# ---- sweeps and halving through the host loop: oracle, the same sweep through the device loop
+
+def assert_sweeps_close(host, device, rtol=2e-5, atol=1e-6):
+    for field in ("losses", "final_loss", "best_loss"):
+        np.testing.assert_allclose(getattr(host, field), getattr(device, field), rtol=rtol, atol=atol, err_msg=field)
+    for field in ("num_steps", "converged", "diverged", "stopped_early", "best_step", "eval_steps"):
+        np.testing.assert_array_equal(getattr(host, field), getattr(device, field), err_msg=field)
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)  # noqa: E731
+    jax.tree.map(close, (host.params, host.best_params, host.model_state, host.evals),
+                 (device.params, device.best_params, device.model_state, device.evals))
+
+
+def test_a_conv_net_sweep_with_dropout_model_state_and_evaluation_equals_the_device_loop():
+    loss, accuracy, params, data = _conv_problem()
+    kwargs = dict(steps=30, data=data, batch_size=16, key=KEY, with_key=True, model_state=jnp.float32(0.0),
+                  seeds=2, evaluate=jgd.Eval(accuracy, data, every=10, monitor="accuracy", mode="max"))
+    grid = {"learning_rate": [1e-3, 3e-3, 1e-2]}
+    device = jgd.sweep(loss, params, jgd.adam, grid, **kwargs)
+    host = jgd.sweep(loss, params, jgd.adam, grid, loop="host", **kwargs)
+    assert_sweeps_close(host, device)
+    assert np.isfinite(device.evals["accuracy"]).all()
+
+
+def test_a_sweep_whose_runs_stop_at_different_steps_equals_the_device_loop():
+    # tol met mid-call by some runs, divergence by others, patience by others: each run
+    # stops on its own while the rest of its chunk goes on
+    val = lambda w: {"mse": batch_loss(w, (X[:50], Y[:50]))}  # noqa: E731
+    kwargs = dict(steps=60, data=(X, Y), batch_size=32, key=KEY, tol=0.3, seeds=2, chunk_size=4,
+                  evaluate=jgd.Eval(val, every=5, monitor="mse", patience=2))
+    grid = {"learning_rate": [1e-3, 0.05, 0.3, 1.5, 60.0]}
+    fun, params = batch_loss, jnp.zeros(X.shape[1], jnp.float32)
+    device = jgd.sweep(fun, params, jgd.sgd, grid, **kwargs)
+    host = jgd.sweep(fun, params, jgd.sgd, grid, loop="host", **kwargs)
+    assert_sweeps_close(host, device)
+    # in segments from the host (a progress bar): the stopped runs keep their state
+    in_segments = jgd.sweep(fun, params, jgd.sgd, grid, loop="host", progress=True, **kwargs)
+    assert_sweeps_close(in_segments, device)
+    assert device.converged.any() and device.diverged.any() and device.stopped_early.any()
+    assert (device.num_steps == 60).any() and (device.num_steps % 2).any()  # some mid-call (2 steps a call)
+
+
+def test_an_init_function_and_proximal_rule_sweep_equals_the_device_loop():
+    init = lambda k: 0.1 * jax.random.normal(k, (X.shape[1],))  # noqa: E731
+    fun = lambda w: batch_loss(w, (X, Y))  # noqa: E731
+    factory = lambda learning_rate: jgd.proximal_gradient(learning_rate, jgd.prox.l1(0.01))  # noqa: E731
+    kwargs = dict(steps=150, tol=1e-3, seeds=3, key=KEY)
+    device = jgd.sweep(fun, init, factory, {"learning_rate": [0.1, 0.5]}, **kwargs)
+    host = jgd.sweep(fun, init, factory, {"learning_rate": [0.1, 0.5]}, loop="host", **kwargs)
+    assert_sweeps_close(host, device)
+    assert device.converged.any()
+
+
+class _Preempted(Exception):
+    pass
+
+
+def test_a_saved_host_sweep_resumed_after_a_crash_equals_it_uninterrupted_and_the_device_sweep(tmp_path,
+                                                                                               monkeypatch):
+    from jgd import checkpoint
+
+    kwargs = dict(steps=40, data=(X, Y), batch_size=16, key=KEY, seeds=2, loop="host", save_every=10)
+    grid = {"learning_rate": [0.01, 0.05], "beta": [0.0, 0.9]}
+    params = jnp.zeros(X.shape[1], jnp.float32)
+    whole = jgd.sweep(batch_loss, params, jgd.momentum, grid, save_dir=tmp_path / "whole", **kwargs)
+    save, saves = checkpoint.Saver.save, []
+
+    def crash_after_two(self, step, state):
+        if len(saves) == 2:
+            raise _Preempted
+        saves.append(step)
+        save(self, step, state)
+
+    monkeypatch.setattr(checkpoint.Saver, "save", crash_after_two)
+    with pytest.raises(_Preempted):
+        jgd.sweep(batch_loss, params, jgd.momentum, grid, save_dir=tmp_path / "cut", **kwargs)
+    monkeypatch.setattr(checkpoint.Saver, "save", save)
+    resumed = jgd.sweep(batch_loss, params, jgd.momentum, grid, save_dir=tmp_path / "cut", **kwargs)
+    assert saves == [10, 20]
+    for field in ("losses", "params", "best_params", "num_steps"):  # bit for bit
+        jax.tree.map(np.testing.assert_array_equal, getattr(resumed, field), getattr(whole, field))
+    device = jgd.sweep(batch_loss, params, jgd.momentum, grid, **{**kwargs, "loop": "device", "save_every": None})
+    assert_sweeps_close(whole, device)
+
+
+def test_halving_through_the_host_loop_equals_the_device_loop():
+    val = lambda w: {"mse": batch_loss(w, (X[:50], Y[:50]))}  # noqa: E731
+    kwargs = dict(steps=36, min_steps=4, eta=3, data=(X, Y), batch_size=16, key=KEY,
+                  evaluate=jgd.Eval(val, every=4, monitor="mse"))
+    grid = {"learning_rate": list(np.logspace(-3, -0.5, 9))}
+    params = jnp.zeros(X.shape[1], jnp.float32)
+    device = jgd.halving(batch_loss, params, jgd.sgd, grid, **kwargs)
+    host = jgd.halving(batch_loss, params, jgd.sgd, grid, loop="host", **kwargs)
+    np.testing.assert_array_equal(host.rung, device.rung)
+    assert_sweeps_close(host, device)
+
+
+def test_a_host_sweep_compiles_once_for_every_learning_rate():
+    params = jnp.zeros(X.shape[1], jnp.float32)
+    kwargs = dict(steps=12, data=(X, Y), batch_size=16, key=KEY, loop="host")
+    jgd.sweep(batch_loss, params, jgd.adam, points={"learning_rate": [1e-3, 3e-3, 1e-2]}, **kwargs)
+    with jgd.debug.count_compiles() as compiles:
+        jgd.sweep(batch_loss, params, jgd.adam, points={"learning_rate": [2e-3, 5e-3, 2e-2]}, **kwargs)
+    assert int(compiles) == 0, compiles
+
+
+def test_a_sweep_with_auto_takes_the_host_loop_for_convolutions_on_cpu():
+    import importlib
+
+    phases = importlib.import_module("jgd._sweep_host").host_phases
+    loss, _, params, data = _conv_problem()
+    conv_loss = lambda p, b: loss(p, jnp.float32(0.0), b, jax.random.key(0))[0]  # noqa: E731
+    kwargs = dict(steps=4, data=data, batch_size=16, key=KEY)
+    before = phases.cache_info().currsize
+    auto = jgd.sweep(conv_loss, params, jgd.adam, {"learning_rate": [1e-3, 1e-2]}, loop="auto", **kwargs)
+    assert phases.cache_info().currsize == before + 1
+    assert_sweeps_close(auto, jgd.sweep(conv_loss, params, jgd.adam, {"learning_rate": [1e-3, 1e-2]}, **kwargs))
+    jgd.sweep(batch_loss, jnp.zeros(X.shape[1], jnp.float32), jgd.adam, {"learning_rate": [1e-3]}, loop="auto",
+              steps=4, data=(X, Y), batch_size=16)
+    assert phases.cache_info().currsize == before + 1  # no convolution: the device loop
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(loop="gpu"), "loop must be one of"),
+    (dict(loop="host", factory=lambda learning_rate: jgd.flat(jgd.sgd(learning_rate))), "jgd.flat"),
+])
+def test_bad_sweep_input(kwargs, match):
+    factory = kwargs.pop("factory", jgd.sgd)
+    with pytest.raises(ValueError, match=match):
+        jgd.sweep(lambda w: jnp.sum(w ** 2), jnp.ones(2), factory, {"learning_rate": [0.1]}, steps=5, **kwargs)

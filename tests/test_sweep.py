@@ -323,6 +323,17 @@ def test_progress_bar_over_segments_leaves_the_results_unchanged(evaluated, caps
     jax.tree.map(np.testing.assert_array_equal, shown.best_params, evaluated.best_params)
 
 
+def test_progress_bar_when_no_segment_divides_the_steps(capsys):
+    # 61 steps evaluated every 5: no multiple of 5 divides 61; one segment, the same runs
+    kwargs = dict(steps=61, evaluate=jgd.Eval(lambda w: {"w0": w[0]}, every=5), key=jax.random.key(5))
+    loss = lambda w: jnp.sum((w - 1.0) ** 2)  # noqa: E731
+    shown = jgd.sweep(loss, jnp.zeros(2), jgd.sgd, {"learning_rate": [0.01, 0.1]}, progress=True, **kwargs)
+    assert "61/61" in capsys.readouterr().err
+    plain = jgd.sweep(loss, jnp.zeros(2), jgd.sgd, {"learning_rate": [0.01, 0.1]}, **kwargs)
+    np.testing.assert_array_equal(shown.losses, plain.losses)
+    np.testing.assert_array_equal(shown.evals["w0"], plain.evals["w0"])
+
+
 def test_runs_that_stop_mid_way_stay_stopped_through_segments():
     """Runs that meet tol, run out of patience (they would train on if continued) or run
     to the end, in segments from the host (progress=True: their state stays on
