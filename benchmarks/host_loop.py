@@ -9,8 +9,10 @@ Models: a 2-conv-layer CNN on scikit-learn's digits (8×8) and flax's mnist exam
 (random images: this machine has no internet; the step's cost does not depend on the
 pixels). Adam, mini-batches sampled on device from the example axis in both contenders.
 Per-step time, interleaved rounds, median; ``HOST_STEPS`` (steps per host call) swept.
+A sweep of the digits CNN over 8 learning rates: ``sweep(loop="host")`` and the device
+loop against a Python loop running the 8 runs one after another (the same jitted step).
 
-    python benchmarks/host_loop.py [--smoke]
+    python benchmarks/host_loop.py [--smoke] [--only sweep]
 
 Writes results/host_loop.json.
 """
@@ -128,11 +130,67 @@ def compare(name, logits, params, data, steps, batch, repeats, host_steps):
             "first_call_seconds_compile_included": first_call}
 
 
-def main(smoke):
+def sweep_compare(logits, params, data, steps, batch, repeats, runs=8):
+    """``runs`` learning rates of one model: a sweep through the host loop and through the
+    device loop against a Python loop over the runs, each its own jitted-step loop."""
+    def loss(p, b):
+        return optax.softmax_cross_entropy_with_integer_labels(logits(p, b[0]), b[1]).mean()
+
+    n = data[1].shape[0]
+    lrs = np.logspace(-3.5, -2, runs)
+
+    @jax.jit
+    def step(p, s, t, lr):  # the learning rate an argument: one compilation for the runs
+        index = batch_indices(jax.random.key(1), t, n, batch)
+        value, g = jax.value_and_grad(loss)(p, jax.tree.map(lambda x: x[index], data))
+        u, s = optax.adam(lr).update(g, s, p)
+        return optax.apply_updates(p, u), s, value
+
+    def python_loop():
+        finals = []
+        for lr in lrs:
+            p, s = params, optax.adam(lr).init(params)
+            for t in range(steps):
+                p, s, value = step(p, s, t, jnp.float32(lr))
+            finals.append(p)
+        return jax.block_until_ready(finals)
+
+    common = dict(steps=steps, data=data, batch_size=batch, key=jax.random.key(2))
+
+    def sweep_with(loop):
+        return lambda: jgd.sweep(loss, params, jgd.adam, {"learning_rate": lrs}, loop=loop, **common).final_loss
+
+    contenders = {"python_loop": python_loop, "sweep_host": sweep_with("host"), "sweep_device": sweep_with("device")}
+    first_call = {}
+    for contender, run in contenders.items():
+        start = time.perf_counter()
+        run()
+        first_call[contender] = time.perf_counter() - start
+    t = interleaved(contenders, repeats)
+    ratios = {k: t[k] / t["python_loop"] for k in t}
+    print(f"sweep of {runs} runs x {steps} steps: " + ", ".join(
+        f"{k} {t[k]:.2f} s ({ratios[k]:.2f}x; first call {first_call[k]:.1f} s)" for k in t))
+    return {"runs": runs, "steps": steps, "batch_size": batch, "seconds": t, "ratio_to_python_loop": ratios,
+            "first_call_seconds_compile_included": first_call}
+
+
+def main(smoke, only=None):
+    if only == "sweep":
+        import json
+        import pathlib
+
+        path = pathlib.Path(__file__).resolve().parent / "results" / "host_loop.json"
+        results = json.loads(path.read_text())["results"]
+        logits, params, data = digits_cnn()
+        results["digits-2conv-sweep"] = sweep_compare(logits, params, data, 4 if smoke else 64, 32, 1 if smoke else 5)
+        write("host_loop", results, smoke)
+        return
     results = {}
     steps, repeats, host_steps = (4, 1, (2,)) if smoke else (160, 5, (1, 2, 4, 8))
     logits, params, data = digits_cnn()
     results["digits-2conv"] = compare("2-conv CNN, digits", logits, params, data, steps, 32, repeats, host_steps)
+    results["digits-2conv-sweep"] = sweep_compare(logits, params, data, 4 if smoke else 64, 32, 1 if smoke else 5,
+                                                  runs=2 if smoke else 8)
     if not smoke:  # the smoke run checks the script on the small model only
         logits, params, data = flax_mnist_cnn(4096)
         results["flax-mnist-cnn"] = compare("flax mnist CNN", logits, params, data, 32, 32, 3, (2, 4, 8))
@@ -142,4 +200,6 @@ def main(smoke):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--smoke", action="store_true")
-    main(parser.parse_args().smoke)
+    parser.add_argument("--only", choices=["sweep"])
+    args = parser.parse_args()
+    main(args.smoke, args.only)
