@@ -17,7 +17,7 @@ from jgd import _compile
 from jgd._drivers import host_steps
 from jgd._engine import Engine
 from jgd._step import select
-from jgd._sweep_run import initial_draw, run_outputs
+from jgd._sweep_run import initial_draw, run_outputs, starting_point
 from jgd.minimize import run_setup
 
 __all__ = ["HostChunk", "host_phases"]
@@ -67,12 +67,7 @@ def host_phases(fun, init_fn, factory, names, kwargs, key_impl, state_fn, has_mo
         drawn = None if draw is None else jax.lax.map(draw, keys)
 
         def one(point, key_data, carried, drawn):
-            init_state = None
-            if continuing:
-                params, model_state, init_state = carried["params"], carried["model_state"], carried["state"]
-            else:
-                params = drawn["params"] if init_fn is not None else fixed_params
-                model_state = drawn["model_state"] if state_fn is not None else fixed_state
+            params, model_state, init_state = starting_point(continuing, carried, drawn, fixed_params, fixed_state)
             e = engine(point, key_data, params, model_state, data, eval_data, tol)
             c = e.initial(params, model_state, init_state)
             return c, e.running(c)

@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jgd import _compile
 from jgd._arguments import _is_init_function
 from jgd._sweep_host import HostChunk, host_phases
-from jgd._sweep_run import initial_draw, run_outputs
+from jgd._sweep_run import initial_draw, run_outputs, starting_point
 from jgd.minimize import _auto_loop, initial_state, minimize
 
 __all__ = ["DeviceCarry", "default_chunk", "initial_carry", "run_keys"]
@@ -285,12 +285,7 @@ def _program(fun, init_fn, factory, names, kwargs, key_impl, state_fn, has_model
 
     def one(point, key_data, carried, drawn, fixed_params, fixed_state, data, eval_data, tol):
         key = jax.random.wrap_key_data(key_data, impl=key_impl)
-        init_state = None
-        if continuing:
-            params, model_state, init_state = carried["params"], carried["model_state"], carried["state"]
-        else:
-            params = drawn["params"] if init_fn is not None else fixed_params
-            model_state = drawn["model_state"] if state_fn is not None else fixed_state
+        params, model_state, init_state = starting_point(continuing, carried, drawn, fixed_params, fixed_state)
         opt = factory(**{n: point[i] for i, n in enumerate(names)})
         evaluate = None if evaluation is None else evaluation.bind(eval_data)
         r = minimize(fun, params, opt, key=key, data=data, evaluate=evaluate,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import jax
 
-__all__ = ["initial_draw", "run_outputs"]
+__all__ = ["initial_draw", "run_outputs", "starting_point"]
 
 
 def initial_draw(init_fn, state_fn, key_impl):
@@ -40,3 +40,15 @@ def run_outputs(r, keep_params, emit_carry, has_model_state) -> dict:
     if emit_carry:
         out.update(carried=dict(params=r.params, state=r.state, model_state=r.model_state))
     return out
+
+
+def starting_point(continuing, carried, drawn, fixed_params, fixed_state):
+    """A run's params, model state and loop state to start from: its carry's (a run
+    continued), or the init functions' draws (``drawn``'s entries, None for one not
+    given) and otherwise the fixed ones, with a fresh loop state (None)."""
+    if continuing:
+        return carried["params"], carried["model_state"], carried["state"]
+    drawn = drawn or {}
+    params = fixed_params if drawn.get("params") is None else drawn["params"]
+    model_state = fixed_state if drawn.get("model_state") is None else drawn["model_state"]
+    return params, model_state, None
