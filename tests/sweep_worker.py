@@ -1,5 +1,5 @@
 """Runs one fixed sweep and saves its losses; used by test_sweep.py in subprocesses with
-4 forced CPU devices, or as one of two processes joined by jax.distributed (optionally
+4 forced CPU devices (through the host loop with "host" after the mode), or as one of two processes joined by jax.distributed (optionally
 saving to, and resuming from, a save_dir given after the port; or, with "global" there,
 each process holding half the examples of one global data array sharded over both, and
 optionally a save_dir after it)."""
@@ -30,6 +30,8 @@ if __name__ == "__main__":
         assert not data[0].is_fully_addressable
         save = {"save_dir": sys.argv[6], "save_every": 10} if len(sys.argv) > 6 else {}
         result = sweep_case.run(data=data, **save)
+    elif mode == "devices" and len(sys.argv) > 3:
+        result = sweep_case.run(loop=sys.argv[3])
     else:
         result = sweep_case.run(**({} if extra is None else {"save_dir": extra, "save_every": 10}))
     assert len(jax.devices()) == (4 if mode == "devices" else 2 if mode == "distributed" else 1), jax.devices()

@@ -114,10 +114,11 @@ def _subprocess_env(**extra):
     return env
 
 
-def test_four_forced_devices_equal_one_device(result, tmp_path):
+@pytest.mark.parametrize("loop", ["device", "host"])
+def test_four_forced_devices_equal_one_device(result, tmp_path, loop):
     out = tmp_path / "losses.npy"
     proc = subprocess.run(
-        [sys.executable, str(HERE / "sweep_worker.py"), str(out), "devices"],
+        [sys.executable, str(HERE / "sweep_worker.py"), str(out), "devices", loop],
         env=_subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"),
         capture_output=True, text=True, timeout=240,
     )
