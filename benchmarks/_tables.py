@@ -132,11 +132,32 @@ def cold_start(data):
     return "\n".join(out)
 
 
+def host_loop(data):
+    r = data["results"]
+    out = ["Conv nets on CPU, ms a step (× a Python loop of the same jitted step):", "",
+           "| model | " + " | ".join(r["digits-2conv"]["ms_per_step"]) + " |",
+           "|---|" + "---|" * len(r["digits-2conv"]["ms_per_step"])]
+    for model in ("digits-2conv", "flax-mnist-cnn"):
+        if model in r:
+            row = r[model]
+            out.append(f"| {model} | " + " | ".join(
+                f"{row['ms_per_step'][k]:.2f} ({row['ratio_to_python_loop'][k]:.2f}×)" if k in row["ms_per_step"]
+                else "—" for k in r["digits-2conv"]["ms_per_step"]) + " |")
+    sweep = r.get("digits-2conv-sweep")
+    if sweep:
+        out += ["", f"A sweep of {sweep['runs']} learning rates × {sweep['steps']} steps of the digits CNN, "
+                "warm (first call, compile included):", "",
+                "| contender | s | × Python loop over the runs | first call s |", "|---|---|---|---|"]
+        out += [f"| {k} | {v:.2f} | {sweep['ratio_to_python_loop'][k]:.2f} | "
+                f"{sweep['first_call_seconds_compile_included'][k]:.1f} |" for k, v in sweep["seconds"].items()]
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
     for name, render in (("update_step", update_step), ("compile_time", compile_time),
                          ("minimize_vs_loop", minimize_vs_loop), ("sweep_vs_sequential", sweep_vs_sequential),
                          ("halving_vs_grid", halving_vs_grid), ("hypergradient", hypergradient),
-                         ("cold_start", cold_start)):
+                         ("cold_start", cold_start), ("host_loop", host_loop)):
         data = load(name)
         if data:
             print(f"\n### {name} ({data['machine']['date']}, {data['machine']['cpu_count']} cores, "
