@@ -48,8 +48,8 @@ def host_phases(fun, init_fn, factory, names, kwargs, key_impl, state_fn, has_mo
     kwargs = dict(kwargs)
     draw = None if continuing else initial_draw(init_fn, state_fn, key_impl)
 
-    def outputs(r):
-        return run_outputs(r, keep_params, emit_carry, has_model_state)
+    def outputs(r, carried):
+        return run_outputs(r, keep_params, emit_carry, has_model_state, carried if continuing else None)
 
     def engine(point, key_data, params, model_state, data, eval_data, tol):
         opt = factory(**{n: point[i] for i, n in enumerate(names)})
@@ -91,10 +91,11 @@ def host_phases(fun, init_fn, factory, names, kwargs, key_impl, state_fn, has_mo
 
         return jax.vmap(one)(points, keys, c, active)
 
-    def result(points, keys, c, data, eval_data, tol):
-        return jax.vmap(lambda p, k, c: outputs(of_carry(p, k, c, data, eval_data, tol).result(c)))(points, keys, c)
+    def result(points, keys, c, carried, data, eval_data, tol):
+        return jax.vmap(lambda p, k, c, carried: outputs(of_carry(p, k, c, data, eval_data, tol).result(c), carried))(
+            points, keys, c, carried)
 
-    phases = _Phases(_sharded(initial, 3), steps, _sharded(conclude, 4), _sharded(result, 3))
+    phases = _Phases(_sharded(initial, 3), steps, _sharded(conclude, 4), _sharded(result, 4))
     return phases
 
 
@@ -133,7 +134,7 @@ class HostChunk:
     def abstract(self, points, keys, carried, fixed_params, fixed_state, data, eval_data, tol):
         """The outputs' shapes."""
         p, mesh, rest = self.phases, self.mesh, (data, eval_data, tol)
-        return jax.eval_shape(lambda *a: p.result(mesh, a[0], a[1], p.initial(mesh, *a)[0], *rest),
+        return jax.eval_shape(lambda *a: p.result(mesh, a[0], a[1], p.initial(mesh, *a)[0], a[2], *rest),
                               points, keys, carried, fixed_params, fixed_state, *rest)
 
     def __call__(self, points, keys, carried, fixed_params, fixed_state, data, eval_data, tol):
@@ -154,4 +155,4 @@ class HostChunk:
             t = segment_end
             if not np.any(self.gather(active)):
                 break
-        return self._call("result", p.result, points, keys, c, *rest)
+        return self._call("result", p.result, points, keys, c, carried, *rest)

@@ -184,25 +184,6 @@ class DeviceCarry:
         """The runs' trees on the host, leading run axis (padding dropped)."""
         return jax.tree.map(lambda *x: np.concatenate([_gather(a) for a in x])[:self.runs], *self.calls)
 
-    @property
-    def call_size(self) -> int:
-        return jax.tree.leaves(self.calls[0])[0].shape[0]
-
-    def like(self, host):
-        """A ``DeviceCarry`` laid out as this one, holding the runs of ``host`` (a tree with
-        a leading run axis)."""
-        size, count = self.call_size, len(self.calls)
-        padded = jax.tree.map(lambda x: _padded(x, count * size), host)
-        return DeviceCarry([_call_of(padded, k, size, self.sharding) for k in range(count)], self.runs, self.sharding)
-
-    def keep(self, previous, stopped):
-        """This carry, but ``previous``'s for the runs ``stopped`` (host bools, one per run)."""
-        size = self.call_size
-        mask = np.concatenate([stopped, np.zeros(len(self.calls) * size - stopped.size, bool)])
-        calls = [_keep_stopped(old, new, _call_of(mask, k, size, self.sharding))
-                 for k, (old, new) in enumerate(zip(previous.calls, self.calls))]
-        return DeviceCarry(calls, self.runs, self.sharding)
-
 
 def _padded(x, total):
     """``x`` with its leading (run) axis padded to ``total`` by copies of run 0 (dropped
@@ -213,11 +194,6 @@ def _padded(x, total):
 def _call_of(tree, k, size, sharding):
     """Call ``k``'s runs of ``tree`` (a leading run axis, padded to whole calls), on device."""
     return jax.tree.map(lambda x: _put(x[k * size:(k + 1) * size], sharding), tree)
-
-
-@jax.jit
-def _keep_stopped(old, new, stopped):
-    return jax.tree.map(lambda a, b: jnp.where(stopped.reshape((-1,) + (1,) * (b.ndim - 1)), a, b), old, new)
 
 
 def initial_carry(fun, params, factory, names, run_points, key_data, key_impl, minimize_kwargs):
@@ -291,7 +267,7 @@ def _program(fun, init_fn, factory, names, kwargs, key_impl, state_fn, has_model
         r = minimize(fun, params, opt, key=key, data=data, evaluate=evaluate,
                      model_state=model_state if has_model_state else None, init_state=init_state,
                      tol=tol if has_tol else None, **kwargs)
-        return run_outputs(r, keep_params, emit_carry, has_model_state)
+        return run_outputs(r, keep_params, emit_carry, has_model_state, carried if continuing else None)
 
     draw = None if continuing else initial_draw(init_fn, state_fn, key_impl)
 

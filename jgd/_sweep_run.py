@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
 __all__ = ["initial_draw", "run_outputs", "starting_point"]
 
@@ -27,9 +28,11 @@ def initial_draw(init_fn, state_fn, key_impl):
     return draw
 
 
-def run_outputs(r, keep_params, emit_carry, has_model_state) -> dict:
+def run_outputs(r, keep_params, emit_carry, has_model_state, carried=None) -> dict:
     """A run's ``Result`` as a sweep keeps it: its records and flags; its params unless a
-    segment's (those are its carry's, ``carried`` with ``emit_carry``)."""
+    segment's (those are its carry's, ``carried`` with ``emit_carry``). A run continued
+    from ``carried`` whose ``stopped`` is set keeps that state (it stopped in an earlier
+    segment: it stays stopped, as in one ``minimize`` call), and ``stopped`` goes on."""
     out = dict(losses=r.losses, num_steps=r.num_steps, converged=r.converged, diverged=r.diverged,
                stopped_early=r.stopped_early, best_loss=r.best_loss, best_step=r.best_step, evals=r.evals,
                eval_steps=r.eval_steps, aux=r.aux)
@@ -38,7 +41,12 @@ def run_outputs(r, keep_params, emit_carry, has_model_state) -> dict:
         if has_model_state:
             out.update(model_state=r.model_state, best_model_state=r.best_model_state)
     if emit_carry:
-        out.update(carried=dict(params=r.params, state=r.state, model_state=r.model_state))
+        out["carried"] = dict(params=r.params, state=r.state, model_state=r.model_state)
+        if carried is not None and "stopped" in carried:
+            stopped = carried["stopped"]
+            kept = {name: carried[name] for name in ("params", "state", "model_state")}
+            out["carried"] = jax.tree.map(lambda old, new: jnp.where(stopped, old, new), kept, out["carried"])
+            out["carried"]["stopped"] = stopped | r.converged | r.diverged | r.stopped_early
     return out
 
 

@@ -81,6 +81,9 @@ def sweep_segments(fun, params, factory, names, run_points, key_data, key_impl, 
     runs = run_points.shape[0]
     store = None
     done = 0
+    # which runs have stopped goes with their state: the program keeps a stopped run's
+    # state as it is (this call's stops only: a halving's next rung continues every run)
+    carried = {**carried, "stopped": np.zeros((runs,), bool)}
     if saver is not None:
         saver.manager.reload()
         if saver.manager.all_steps():
@@ -98,16 +101,12 @@ def sweep_segments(fun, params, factory, names, run_points, key_data, key_impl, 
         out = _run(fun, params, factory, names, run_points, key_data, key_impl, chunk_size, keep_params,
                    segment_kwargs, carried=carried if on_device is None else on_device, emit_carry=True,
                    pad_to_chunk=pad_to_chunk, keep_on_device=True)
-        advanced = out.pop("carried")
+        on_device = out.pop("carried")
         if store is None:
             store = empty_store(out, runs, steps, every)
-        stopped = store["stopped"].copy()
-        rows = np.flatnonzero(~stopped)  # a stopped run stays stopped, as in one minimize call
+        rows = np.flatnonzero(~store["stopped"])  # a stopped run stays stopped, as in one minimize call
         record_segment(store, out, rows, rows, done, segment, every)
         store["stopped"][rows] |= (out["converged"] | out["diverged"] | out["stopped_early"])[rows]
-        if stopped.any():  # the stopped runs keep the state they stopped with
-            advanced = advanced.keep(advanced.like(carried) if on_device is None else on_device, stopped)
-        on_device = advanced
         done += segment
         if store["stopped"].all():
             done = steps
