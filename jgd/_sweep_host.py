@@ -118,7 +118,7 @@ class HostChunk:
 
     def __init__(self, phases: _Phases, mesh, replicated, gather, put):
         self.phases, self.mesh, self.replicated, self.gather, self.put = phases, mesh, replicated, gather, put
-        self._executables = {}
+        self._executables: dict = {}
 
     def _call(self, name, program, *args):
         """``program`` called on ``args``, compiled once for this chunk's shapes."""
