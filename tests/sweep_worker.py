@@ -1,6 +1,7 @@
 """Runs one fixed sweep and saves its losses; used by test_sweep.py in subprocesses with
 4 forced CPU devices (through the host loop with "host" after the mode), or as one of two processes joined by jax.distributed (optionally
-saving to, and resuming from, a save_dir given after the port; or, with "global" there,
+saving to, and resuming from, a save_dir given after the port; with "host" there, through
+the host loop; or, with "global" there,
 each process holding half the examples of one global data array sharded over both, and
 optionally a save_dir after it)."""
 
@@ -32,6 +33,8 @@ if __name__ == "__main__":
         result = sweep_case.run(data=data, **save)
     elif mode == "devices" and len(sys.argv) > 3:
         result = sweep_case.run(loop=sys.argv[3])
+    elif extra == "host":
+        result = sweep_case.run(loop="host")
     else:
         result = sweep_case.run(**({} if extra is None else {"save_dir": extra, "save_every": 10}))
     assert len(jax.devices()) == (4 if mode == "devices" else 2 if mode == "distributed" else 1), jax.devices()

@@ -144,6 +144,12 @@ def test_two_processes_equal_one_process(result, tmp_path):
         np.testing.assert_allclose(np.load(tmp_path / f"losses{i}.npy"), result.losses, rtol=1e-6, atol=1e-7)
 
 
+def test_two_processes_through_the_host_loop_equal_one_process(result, tmp_path):
+    _two_processes(tmp_path, "host")  # the host loop's syncs (is any run going on?) in step
+    for i in range(2):
+        np.testing.assert_allclose(np.load(tmp_path / f"losses{i}.npy"), result.losses, rtol=1e-6, atol=1e-7)
+
+
 def test_two_processes_with_one_global_data_array_equal_one_process(result, tmp_path):
     """Each process holds half the examples of a data array sharded over both (what a
     several-host input pipeline gives): the sweep takes it without fetching it."""
