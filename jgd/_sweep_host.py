@@ -70,6 +70,8 @@ def host_phases(fun, init_fn, factory, names, kwargs, key_impl, state_fn, has_mo
             params, model_state, init_state = starting_point(continuing, carried, drawn, fixed_params, fixed_state)
             e = engine(point, key_data, params, model_state, data, eval_data, tol)
             c = e.initial(params, model_state, init_state)
+            if continuing and "stopped" in carried:  # stopped in an earlier segment: frozen from the start
+                return c, e.running(c) & ~carried["stopped"]
             return c, e.running(c)
 
         return jax.vmap(one)(points, keys, carried, drawn)
@@ -143,16 +145,14 @@ class HostChunk:
         config = p.config
         length = host_steps(config)
         steps = p.steps(length)
-        # runs stopped in an earlier segment are behind the others; their outputs are dropped
+        # runs stopped in an earlier segment are behind the others (and frozen)
         start = int(np.max(self.gather(c.start)))
         end, t = start + config.steps, start
-        while t < end:
+        while t < end and np.any(self.gather(active)):  # one host sync a segment
             segment_end = min(end, (t // config.segment + 1) * config.segment)
             last = self._scalar(segment_end)
             for first in range(t, segment_end, length):  # past segment_end: masked, as in the device loop
                 c = self._call("steps", steps, points, keys, c, active, self._scalar(first), last, *rest)
             c, active = self._call("conclude", p.conclude, points, keys, c, active, last, *rest)
             t = segment_end
-            if not np.any(self.gather(active)):
-                break
         return self._call("result", p.result, points, keys, c, carried, *rest)
