@@ -15,6 +15,7 @@ import functools
 import os
 import re
 import sys
+import types
 import warnings
 
 import jax
@@ -139,7 +140,7 @@ def _arrays_handler():
     class ArraysRestore(ocp.args.CheckpointArgs):
         like: dict
 
-    return ArraysHandler, ArraysSave, ArraysRestore
+    return types.SimpleNamespace(handler=ArraysHandler, save=ArraysSave, restore=ArraysRestore)
 
 
 class Saver:
@@ -151,7 +152,7 @@ class Saver:
         self.path = os.path.abspath(os.fspath(save_dir))
         options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
         # uncompressed: zstd took CPU from the next segment, and trained floats barely compress
-        handlers = {"state": _arrays_handler()[0](), "meta": ocp.JsonCheckpointHandler()}
+        handlers = {"state": _arrays_handler().handler(), "meta": ocp.JsonCheckpointHandler()}
         self.manager = ocp.CheckpointManager(self.path, options=options, item_handlers=handlers)
 
     def _differences(self, saved: dict) -> list:
@@ -182,7 +183,7 @@ class Saver:
             target = _packed(jax.tree.map(lambda x: np.zeros(np.shape(x), np.asarray(x).dtype), like))
             try:
                 packed = self.manager.restore(step, args=ocp.args.Composite(
-                    state=_arrays_handler()[2](target)))["state"]
+                    state=_arrays_handler().restore(target)))["state"]
             except Exception as error:  # noqa: BLE001 - any damage: fall back
                 warnings.warn(f"checkpoint {step} in {self.path} is damaged ({type(error).__name__}: "
                               f"{str(error)[:200]}); trying the previous one", RuntimeWarning, stacklevel=3)
@@ -198,7 +199,7 @@ class Saver:
         while the next segment runs, and complete before the next save or ``close``)."""
         ocp = self.ocp
         self.manager.save(step, args=ocp.args.Composite(
-            state=_arrays_handler()[1](_packed(state)), meta=ocp.args.JsonSave(_jsonable(self.fingerprint))))
+            state=_arrays_handler().save(_packed(state)), meta=ocp.args.JsonSave(_jsonable(self.fingerprint))))
 
     def close(self) -> None:
         self.manager.wait_until_finished()

@@ -18,6 +18,7 @@ from jgd._sweep_program import _run, run_keys
 from jgd._sweep_segments import progress_segment, sweep_saved, sweep_segments
 from jgd.checkpoint import sweep_fingerprint
 from jgd.evaluation import Eval
+from jgd.minimize import _LOOPS
 from jgd.sweep_result import SweepResult
 
 __all__ = ["sweep", "SweepResult"]
@@ -39,8 +40,8 @@ def _check_kwargs(minimize_kwargs):
             )
     if "steps" not in minimize_kwargs:
         raise TypeError("sweep needs steps=")
-    if minimize_kwargs.get("loop", "device") not in ("device", "host", "auto"):
-        raise ValueError(f"loop must be one of ('device', 'host', 'auto'), got {minimize_kwargs['loop']!r}")
+    if minimize_kwargs.get("loop", "device") not in _LOOPS:
+        raise ValueError(f"loop must be one of {_LOOPS}, got {minimize_kwargs['loop']!r}")
     evaluate = minimize_kwargs.get("evaluate")
     if evaluate is not None:
         if not isinstance(evaluate, Eval):
